@@ -1,0 +1,344 @@
+//! Configuration: the one TOML file a controls engineer edits over SSH.
+//!
+//! The file is read in two steps (see `load`): the TOML text is parsed into a spanned
+//! document, then *compiled* into the validated [`Config`] below. Compilation collects every
+//! problem at once, each with file, line, column, the key and a hint, so an engineer fixes a
+//! file in one round trip instead of one error per restart.
+//!
+//! Invariants of a [`Config`] value: every cross-reference resolves (equipment → PLC, planned
+//! stop → shift), every range holds, names are unique and topic-safe, shifts do not overlap,
+//! and every signal address is well formed for its PLC's protocol. Code downstream never
+//! re-checks these and never sees an `Option` that "must be `Some` by now".
+
+mod load;
+
+pub use load::{load_file, load_str, ConfigError, ConfigErrors, Loaded};
+
+use std::path::PathBuf;
+
+/// The validated configuration of one gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub gateway: Gateway,
+    /// `None` when the file has no `[mqtt]` table: the gateway then buffers everything.
+    pub mqtt: Option<Mqtt>,
+    pub storage: Storage,
+    pub telemetry: Telemetry,
+    pub plcs: Vec<Plc>,
+    pub shifts: Vec<Shift>,
+    pub planned_stops: Vec<PlannedStop>,
+    pub equipment: Vec<Equipment>,
+}
+
+impl Config {
+    /// The PLC an equipment reads from; total because compilation resolved every reference.
+    pub fn plc(&self, name: &str) -> Option<&Plc> {
+        self.plcs.iter().find(|p| p.name == name)
+    }
+
+    /// Equipment polled through the named PLC, in file order.
+    pub fn equipment_of<'a>(&'a self, plc: &'a str) -> impl Iterator<Item = &'a Equipment> + 'a {
+        self.equipment.iter().filter(move |e| e.plc == plc)
+    }
+
+    /// The heartbeat deadline of SPEC §6: 3 × the slowest PLC's poll interval.
+    pub fn heartbeat_deadline_ms(&self) -> u64 {
+        3 * self
+            .plcs
+            .iter()
+            .map(|p| p.poll_interval_ms)
+            .max()
+            .unwrap_or(1000)
+    }
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gateway {
+    /// `[A-Za-z0-9_-]{1,64}`; appears in topics and CloudEvents `source`.
+    pub id: String,
+    pub data_dir: PathBuf,
+    /// IANA zone name, validated against the bundled time-zone database.
+    pub timezone: String,
+}
+
+/// `[mqtt]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mqtt {
+    pub url: MqttUrl,
+    pub client_id: String,
+    pub topic_prefix: String,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub ca_file: Option<PathBuf>,
+    pub client_cert_file: Option<PathBuf>,
+    pub client_key_file: Option<PathBuf>,
+    pub keep_alive_s: u64,
+    pub max_inflight: u16,
+}
+
+/// A parsed broker URL: scheme decides TLS, port defaults per scheme (1883 / 8883).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MqttUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+/// `[storage]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Storage {
+    pub max_outbox_mb: u64,
+    pub retention_days: u32,
+    pub telemetry_retention_days: u32,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// 0 = one telemetry message per poll.
+    pub publish_interval_ms: u64,
+    pub store_and_forward: bool,
+}
+
+/// One `[[plc]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plc {
+    /// `[A-Za-z0-9._-]{1,64}`.
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub poll_interval_ms: u64,
+    pub timeout_ms: u64,
+    /// Consecutive failed polls before this PLC's equipment is `offline` (SPEC §6: 3).
+    pub offline_after_polls: u32,
+    pub protocol: Protocol,
+}
+
+/// Protocol-specific settings of a PLC.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Protocol {
+    ModbusTcp { unit_id: u8, byte_order: ByteOrder },
+    EthernetIp { slot: u8 },
+}
+
+/// Word/byte order of multi-register values, named after how `1.0f32 = 0x3F800000` arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ByteOrder {
+    #[default]
+    Abcd,
+    Cdab,
+    Badc,
+    Dcba,
+}
+
+/// One `[[shift]]`; `start == end` means a 24 h shift.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Shift {
+    pub name: String,
+    /// Minutes after local midnight.
+    pub start_min: u32,
+    pub end_min: u32,
+}
+
+/// One `[[planned_stop]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannedStop {
+    pub name: String,
+    pub start_min: u32,
+    pub duration_min: u32,
+    /// Empty = every day, every shift.
+    pub shifts: Vec<String>,
+}
+
+/// One `[[equipment]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Equipment {
+    pub code: String,
+    pub name: String,
+    pub plc: String,
+    pub line_id: String,
+    pub position_in_line: u32,
+    pub primary: bool,
+    pub kind: EquipmentType,
+    pub criticality: u8,
+    pub ideal_rate_per_min: f64,
+    pub micro_stop_s: u64,
+    pub location: Option<String>,
+    pub department: Option<String>,
+    pub maintenance_interval_hours: Option<u32>,
+    pub oee_targets: OeeTargets,
+    pub signals: Signals,
+    pub faults: Vec<Fault>,
+    pub andon: AndonRules,
+}
+
+/// `type` of an equipment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EquipmentType {
+    Production,
+    Utility,
+    Support,
+    Conveyor,
+    Packaging,
+}
+
+/// `[equipment.oee_targets]`; each in 0..=1.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OeeTargets {
+    pub availability: f64,
+    pub performance: f64,
+    pub quality: f64,
+    pub oee: f64,
+}
+
+/// `[equipment.signals]`: the engine's inputs plus extra telemetry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signals {
+    pub running: Signal,
+    pub speed: Option<Signal>,
+    pub good_count: Signal,
+    pub reject_count: Option<Signal>,
+    pub faults: Option<Signal>,
+    /// `[equipment.signals.extra]`, in file order.
+    pub extra: Vec<(String, Signal)>,
+}
+
+impl Signals {
+    /// Every signal with the name it is published under, engine signals first.
+    pub fn all(&self) -> Vec<(&str, &Signal)> {
+        let mut v: Vec<(&str, &Signal)> = vec![("running", &self.running)];
+        if let Some(s) = &self.speed {
+            v.push(("speed", s));
+        }
+        v.push(("good_count", &self.good_count));
+        if let Some(s) = &self.reject_count {
+            v.push(("reject_count", s));
+        }
+        if let Some(s) = &self.faults {
+            v.push(("faults", s));
+        }
+        v.extend(self.extra.iter().map(|(n, s)| (n.as_str(), s)));
+        v
+    }
+}
+
+/// One signal: where it lives, its type, how many elements and how to scale it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Signal {
+    pub source: SignalSource,
+    pub data_type: DataType,
+    /// Array length (`count`), 1 for a scalar.
+    pub count: u16,
+    pub scale: f64,
+    pub offset: f64,
+}
+
+/// Where a signal is read from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SignalSource {
+    Modbus {
+        address: ModbusAddress,
+        /// Per-signal override, else the PLC's `byte_order`.
+        byte_order: ByteOrder,
+    },
+    Tag {
+        tag: String,
+    },
+}
+
+/// A zero-based Modbus protocol address with its table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModbusAddress {
+    Coil(u16),
+    DiscreteInput(u16),
+    InputRegister(u16),
+    HoldingRegister(u16),
+    /// `hr:N.B`
+    HoldingRegisterBit(u16, u8),
+    /// `ir:N.B`
+    InputRegisterBit(u16, u8),
+}
+
+/// Declared value type. Modbus uses `bool u16 i16 u32 i32 u64 i64 f32 f64`; Logix tags use
+/// `bool sint int dint lint real lreal` (mapped onto the same set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DataType {
+    Bool,
+    U16,
+    I16,
+    U32,
+    I32,
+    U64,
+    I64,
+    F32,
+    F64,
+    /// Logix SINT
+    I8,
+}
+
+impl DataType {
+    /// Registers one element occupies on Modbus.
+    pub fn registers(self) -> u16 {
+        match self {
+            DataType::Bool | DataType::U16 | DataType::I16 | DataType::I8 => 1,
+            DataType::U32 | DataType::I32 | DataType::F32 => 2,
+            DataType::U64 | DataType::I64 | DataType::F64 => 4,
+        }
+    }
+}
+
+/// One `[[equipment.fault]]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fault {
+    pub bit: u32,
+    pub code: String,
+    pub description: String,
+    pub category: FaultCategory,
+    pub severity: Severity,
+    pub andon: bool,
+}
+
+/// Fault category as reported in downtime events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultCategory {
+    Mechanical,
+    Electrical,
+    Material,
+    Quality,
+    Safety,
+    Operator,
+    Other,
+}
+
+/// `[equipment.andon]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AndonRules {
+    /// Seconds of fault downtime before an andon, by severity: low, medium, high, critical.
+    pub raise_after_s: [u64; 4],
+    pub escalate_after_s: Vec<u64>,
+    pub quality_reject_rate: f64,
+    pub speed_ratio: f64,
+    pub speed_after_s: u64,
+}
+
+impl Default for AndonRules {
+    fn default() -> Self {
+        AndonRules {
+            raise_after_s: [600, 300, 60, 0],
+            escalate_after_s: vec![300, 900],
+            quality_reject_rate: 0.05,
+            speed_ratio: 0.80,
+            speed_after_s: 300,
+        }
+    }
+}
+
+/// Fault severity; decides andon timing and priority (SPEC §6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}

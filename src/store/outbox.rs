@@ -1,0 +1,194 @@
+//! The outbox: events waiting for the broker's PUBACK.
+//!
+//! A row is the event's CloudEvents fields minus `stream`/`source` (which are per database and
+//! per gateway) and minus the topic prefix (which the config may change between runs). The
+//! envelope is rebuilt byte-for-byte the same on every resend, so a duplicate delivered after a
+//! reconnect is identical to the original, `id` and `seq` included.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, Transaction};
+use serde::Serialize;
+
+use super::{StoreError, DB_FILE};
+use crate::clock::rfc3339_ms;
+use crate::engine::Event;
+
+/// Drop class for `max_outbox_mb` (SPEC §5): lower classes are dropped first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Kind {
+    Telemetry = 0,
+    OeeSnapshot = 1,
+    Event = 2,
+}
+
+/// One unsent message.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxRow {
+    pub seq: i64,
+    pub id: String,
+    pub kind: i64,
+    pub event_type: String,
+    /// Below `topic_prefix`.
+    pub topic: String,
+    pub equipment: Option<String>,
+    pub time_ms: i64,
+    pub data: String,
+    pub retain: bool,
+}
+
+impl OutboxRow {
+    /// The CloudEvents 1.0 JSON envelope of SPEC §4.
+    pub fn envelope(&self, gateway_id: &str, stream: &str) -> String {
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            specversion: &'static str,
+            id: &'a str,
+            source: String,
+            #[serde(rename = "type")]
+            event_type: &'a str,
+            time: String,
+            datacontenttype: &'static str,
+            stream: &'a str,
+            seq: i64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            equipment: Option<&'a str>,
+            data: &'a serde_json::value::RawValue,
+        }
+        let null = serde_json::value::RawValue::from_string("null".into());
+        let data = serde_json::value::RawValue::from_string(self.data.clone());
+        let (Ok(data), Ok(null)) = (data, null) else {
+            return String::new();
+        };
+        let env = Envelope {
+            specversion: "1.0",
+            id: &self.id,
+            source: format!("ms5-edge/{gateway_id}"),
+            event_type: &self.event_type,
+            time: rfc3339_ms(self.time_ms),
+            datacontenttype: "application/json",
+            stream,
+            seq: self.seq,
+            equipment: self.equipment.as_deref(),
+            data: if self.data.is_empty() { &null } else { &data },
+        };
+        serde_json::to_string(&env).unwrap_or_default()
+    }
+}
+
+/// What the outbox needs to know about an event: class, type, topic, data, retain.
+pub fn describe(event: &Event) -> (Kind, &'static str, String, serde_json::Value, bool) {
+    match event {
+        Event::StateChanged {
+            equipment,
+            from,
+            to,
+            at_ms,
+        } => (
+            Kind::Event,
+            "ms5.state.changed",
+            format!("{equipment}/state"),
+            serde_json::json!({ "from": from, "to": to, "at": rfc3339_ms(*at_ms) }),
+            false,
+        ),
+        Event::Telemetry {
+            equipment,
+            values,
+            quality,
+            ..
+        } => (
+            Kind::Telemetry,
+            "ms5.telemetry",
+            format!("{equipment}/telemetry"),
+            serde_json::json!({ "values": values, "quality": quality }),
+            false,
+        ),
+    }
+}
+
+/// Appends an event to the outbox inside the caller's transaction; returns its `seq`.
+pub fn insert(tx: &Transaction<'_>, event: &Event, now_ms: i64) -> Result<i64, StoreError> {
+    let (kind, event_type, topic, data, retain) = describe(event);
+    let data = data.to_string();
+    // Envelope overhead (~260 bytes) + topic + data: what max_outbox_mb bounds.
+    let bytes = (topic.len() + data.len() + 260) as i64;
+    tx.prepare_cached(
+        "INSERT INTO outbox (id, kind, type, topic, equipment, time_ms, data, retain, bytes, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        uuid::Uuid::now_v7().to_string(),
+        kind as i64,
+        event_type,
+        topic,
+        event.equipment(),
+        event.at_ms(),
+        data,
+        retain,
+        bytes,
+        now_ms,
+    ])?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// The uplink's own connection: reads unsent rows in `seq` order, deletes acknowledged ones.
+pub struct OutboxReader {
+    conn: Connection,
+}
+
+impl OutboxReader {
+    /// Opens a second connection to the database the core created.
+    pub fn open(data_dir: &Path) -> Result<OutboxReader, StoreError> {
+        let conn = Connection::open(data_dir.join(DB_FILE))?;
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(OutboxReader { conn })
+    }
+
+    /// Up to `limit` rows with `seq >= from`, oldest first.
+    pub fn fetch(&self, from: i64, limit: usize) -> Result<Vec<OutboxRow>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, id, kind, type, topic, equipment, time_ms, data, retain
+             FROM outbox WHERE seq >= ?1 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![from, limit as i64], |r| {
+            Ok(OutboxRow {
+                seq: r.get(0)?,
+                id: r.get(1)?,
+                kind: r.get(2)?,
+                event_type: r.get(3)?,
+                topic: r.get(4)?,
+                equipment: r.get(5)?,
+                time_ms: r.get(6)?,
+                data: r.get(7)?,
+                retain: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    /// Deletes acknowledged rows in one transaction.
+    pub fn delete(&mut self, seqs: &[i64]) -> Result<(), StoreError> {
+        if seqs.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
+            for seq in seqs {
+                stmt.execute(params![seq])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Rows waiting.
+    pub fn depth(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+}
