@@ -1,6 +1,6 @@
 //! The gateway configuration that reads a simulated machine: the same signals, faults and
-//! rates as `etc/ms5-edge.toml` for line 1, built as validated config values so tests and the
-//! demo need no TOML.
+//! rates as `src/demo.toml` for line 1, built as validated config values so tests need no
+//! TOML.
 
 use std::net::SocketAddr;
 
@@ -45,34 +45,59 @@ pub fn modbus_signal(address: ModbusAddress, data_type: DataType) -> Signal {
 
 /// The equipment entry of `machine`, read through the PLC named `plc`.
 pub fn equipment(machine: Machine, plc: &str) -> Equipment {
+    let fault = |bit, code: &str, description: &str, category, severity| Fault {
+        bit,
+        code: code.into(),
+        description: description.into(),
+        category,
+        severity,
+        andon: true,
+    };
+    // The same fault tables as `src/demo.toml`.
     let (position, primary, kind, criticality, faults) = match machine {
         Machine::Bagger => (
             1,
             true,
             EquipmentType::Production,
             4,
-            vec![Fault {
-                bit: 0,
-                code: "FILM_BREAK".into(),
-                description: "Film break".into(),
-                category: FaultCategory::Material,
-                severity: Severity::High,
-                andon: true,
-            }],
+            vec![
+                fault(
+                    0,
+                    "FILM_BREAK",
+                    "Film break",
+                    FaultCategory::Material,
+                    Severity::High,
+                ),
+                fault(
+                    1,
+                    "JAM",
+                    "Bag jam at the sealing jaws",
+                    FaultCategory::Mechanical,
+                    Severity::Medium,
+                ),
+            ],
         ),
         Machine::Loader => (
             2,
             false,
             EquipmentType::Packaging,
             3,
-            vec![Fault {
-                bit: 1,
-                code: "JAM".into(),
-                description: "Basket jam".into(),
-                category: FaultCategory::Mechanical,
-                severity: Severity::Medium,
-                andon: true,
-            }],
+            vec![
+                fault(
+                    0,
+                    "BASKET_MISSING",
+                    "No basket at the loading station",
+                    FaultCategory::Material,
+                    Severity::Medium,
+                ),
+                fault(
+                    1,
+                    "JAM",
+                    "Basket jam on the infeed",
+                    FaultCategory::Mechanical,
+                    Severity::Medium,
+                ),
+            ],
         ),
     };
     Equipment {

@@ -85,10 +85,18 @@ impl Broker {
         assert!(self.child.is_none(), "broker already running");
         std::fs::create_dir_all(&self.dir).expect("broker dir");
         let conf = self.dir.join("mosquitto.conf");
+        // Started as root, mosquitto drops to the `mosquitto` user, which cannot write into a
+        // private temp dir (no persistence, no log); keep the invoking user instead.
+        let is_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false);
+        let user = if is_root { "user root\n" } else { "" };
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
                  persistence_location {dir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n\
                  log_dest file {dir}/mosquitto.log\n",
                 port = self.port,
