@@ -30,7 +30,7 @@ use crate::store::{Batch, Store, StoreError};
 use crate::uplink::{self, InboundCommand, LiveMessage, UplinkStats};
 
 /// Memory queue for events that could not be committed (disk full): at least 10 000 (SPEC §6).
-const PENDING_CAP: usize = 10_000;
+const PENDING_CAP: usize = crate::store::pending::PENDING_CAP;
 
 /// Why the daemon could not start or stopped abnormally.
 #[derive(Debug, Error)]
@@ -79,7 +79,8 @@ pub async fn run(
 ) -> Result<(), DaemonError> {
     let clock = Clock::system();
     let data_dir = config.gateway.data_dir.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&data_dir))
+    let limits = crate::store::Limits::from_storage(&config.storage);
+    let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, limits))
         .await
         .map_err(|e| DaemonError::Core(e.to_string()))??;
     let stream = store.stream().to_string();
@@ -209,15 +210,33 @@ struct CoreParts {
 }
 
 async fn core_loop(mut p: CoreParts) -> Result<(), DaemonError> {
-    let mut engine = Engine::new(&p.config, p.clock.now_ms());
+    let now = p.clock.now_ms();
+    let mut engine = Engine::new(&p.config, now);
     let previous = p.store.machine_views()?;
-    let last_seen = p.store.heartbeat_ms()?.unwrap_or_else(|| p.clock.now_ms());
-    let mut pending: Vec<Event> = engine.restore(&previous, last_seen);
+    let last_seen = p.store.heartbeat_ms()?.unwrap_or(now);
+    // Resume each equipment from its full memory when the previous run left one (open
+    // downtime, andons, context, jobs, counters survive a restart), else from its last state.
+    let mut pending: Vec<Event> = Vec::new();
+    let mut without_memory = Vec::new();
+    for code in engine.codes() {
+        match p.store.engine_state(&code, now - 50 * 3_600_000)? {
+            (Some(memory), minutes) => {
+                pending.extend(engine.restore_memory(&code, memory, minutes, last_seen))
+            }
+            (None, _) => {
+                without_memory.extend(previous.iter().filter(|v| v.equipment == code).cloned())
+            }
+        }
+    }
+    pending.extend(engine.restore(&without_memory, last_seen));
+    let mut last_tick_ms = i64::MIN;
     let mut health: BTreeMap<String, (i64, PlcCounters)> = BTreeMap::new();
     let mut commands_open = true;
     let mut last_seq = 0i64;
     let mut recent: Vec<String> = Vec::new();
     let mut reported_full = false;
+    let mut next_prune = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut last_store_key = (u64::MAX, false);
     let beat_every = Duration::from_millis(
         p.config
             .plcs
@@ -240,7 +259,7 @@ async fn core_loop(mut p: CoreParts) -> Result<(), DaemonError> {
                 None => closed = true,
             },
             c = p.commands.recv(), if commands_open => match c {
-                Some(c) => reply_unsupported(&p, &c),
+                Some(c) => pending.extend(apply_command(&p, &mut engine, &c)),
                 None => commands_open = false,
             },
             _ = beat.tick() => {}
@@ -270,6 +289,14 @@ async fn core_loop(mut p: CoreParts) -> Result<(), DaemonError> {
             );
             status_changed |= before.as_ref() != Some(&after);
             health.insert(r.plc.clone(), (r.scheduled_ms, r.counters.clone()));
+        }
+
+        // Time-driven rules (downtime after micro_stop_s, andon timing, escalation, shift
+        // changes, OEE snapshots), at most every 250 ms.
+        let now = p.clock.now_ms();
+        if now >= last_tick_ms + 250 {
+            last_tick_ms = now;
+            pending.extend(engine.on_tick(now));
         }
 
         // Telemetry that is not stored-and-forwarded goes live at QoS 0, never into the outbox.
@@ -308,6 +335,7 @@ async fn core_loop(mut p: CoreParts) -> Result<(), DaemonError> {
                 .map(|r| (r.plc.clone(), r.scheduled_ms, r.counters.clone()))
                 .collect(),
             heartbeat_ms: p.clock.now_ms(),
+            memories: engine.memories(),
         };
         match p.store.commit(&batch) {
             Ok(seqs) => {
@@ -338,27 +366,33 @@ async fn core_loop(mut p: CoreParts) -> Result<(), DaemonError> {
                     tracing::error!(error = %e, queued = pending.len(), "cannot commit to the database; keeping events in memory and polling on");
                     reported_full = true;
                 }
-                if pending.len() > PENDING_CAP {
-                    // Shed telemetry first, oldest first, then the oldest of anything.
-                    let excess = pending.len() - PENDING_CAP;
-                    let mut dropped = 0;
-                    pending.retain(|e| {
-                        if dropped < excess && matches!(e, Event::Telemetry { .. }) {
-                            dropped += 1;
-                            false
-                        } else {
-                            true
-                        }
-                    });
-                    if pending.len() > PENDING_CAP {
-                        let n = pending.len() - PENDING_CAP;
-                        pending.drain(..n);
-                    }
-                }
+                // Shed telemetry first, oldest first, then the oldest of anything; counted.
+                let lost = crate::store::pending::shed(&mut pending, PENDING_CAP);
+                p.store.note_losses(lost);
             }
         }
 
+        // Retention in small steps (store-and-forward, issue 5): every minute, every second
+        // while a backlog remains; a failure (e.g. disk full) is retried at the next step.
+        if tokio::time::Instant::now() >= next_prune {
+            let more = match p.store.prune_step(p.clock.now_ms()) {
+                Ok(r) => r.more,
+                Err(e) => {
+                    tracing::debug!(error = %e, "retention step failed; retrying later");
+                    false
+                }
+            };
+            next_prune =
+                tokio::time::Instant::now() + Duration::from_secs(if more { 1 } else { 60 });
+        }
+        // Drop and loss counters, and entering or leaving the disk-full state, republish P/status.
+        let store_key = (p.store.health_version(), reported_full);
+        if store_key != last_store_key {
+            last_store_key = store_key;
+            status_changed = true;
+        }
         if status_changed {
+            let store_health = p.store.health(pending.len());
             let mut s = p.status_base.clone();
             s["health"] = serde_json::json!({
                 "plcs": health.iter().map(|(k, (t, c))| (k.clone(), serde_json::json!({
@@ -366,6 +400,7 @@ async fn core_loop(mut p: CoreParts) -> Result<(), DaemonError> {
                     "last_poll": rfc3339_ms(*t),
                     "counters": c,
                 }))).collect::<serde_json::Map<_, _>>(),
+                "store": store_health,
             });
             let _ = p.status.send(s);
         }
@@ -393,25 +428,42 @@ fn describe_event(e: &Event) -> String {
             to,
             at_ms,
         } => format!("{} {equipment}: {from} → {to}", rfc3339_ms(*at_ms)),
-        Event::Telemetry { equipment, .. } => format!("telemetry {equipment}"),
+        other => format!(
+            "{} {}: {}",
+            rfc3339_ms(other.at_ms()),
+            other.equipment(),
+            other.name()
+        ),
     }
 }
 
-/// Commands arrive before the engine implements them: each still gets its one reply.
-fn reply_unsupported(p: &CoreParts, cmd: &InboundCommand) {
-    let request_id = serde_json::from_slice::<serde_json::Value>(&cmd.payload)
-        .ok()
-        .and_then(|v| v.get("request_id").cloned())
-        .unwrap_or(serde_json::Value::Null);
-    let reply = serde_json::json!({
-        "request_id": request_id,
-        "ok": false,
-        "error": format!("command \"{}\" is not supported by this version", cmd.path),
-    });
+/// Parses and applies one command; replies exactly once on `P/reply`.
+fn apply_command(p: &CoreParts, engine: &mut Engine, cmd: &InboundCommand) -> Vec<Event> {
+    let now = p.clock.now_ms();
+    let (reply, events) = match crate::engine::command::parse(&cmd.path, &cmd.payload) {
+        Err(rejected) => (
+            serde_json::json!({"request_id": rejected.request_id, "ok": false, "error": rejected.error}),
+            Vec::new(),
+        ),
+        Ok(parsed) => match engine.on_command(now, &parsed) {
+            Ok(events) => (
+                serde_json::json!({"request_id": parsed.request_id, "ok": true}),
+                events,
+            ),
+            Err(error) => (
+                serde_json::json!({"request_id": parsed.request_id, "ok": false, "error": error}),
+                Vec::new(),
+            ),
+        },
+    };
+    if reply["ok"] == false {
+        tracing::info!(command = %cmd.path, error = %reply["error"], "command rejected");
+    }
     let _ = p.live.try_send(LiveMessage {
         topic: "reply".into(),
         payload: reply.to_string(),
         qos: rumqttc::QoS::AtLeastOnce,
         retain: false,
     });
+    events
 }

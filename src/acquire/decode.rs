@@ -243,7 +243,7 @@ fn apply_scale(raw: f64, scale: f64, offset: f64) -> f64 {
 }
 
 /// Widens an `f32` through its shortest decimal representation (`1.1f32` → `1.1`).
-fn widen_f32(f: f32) -> f64 {
+pub fn widen_f32(f: f32) -> f64 {
     if !f.is_finite() {
         return f64::from(f);
     }

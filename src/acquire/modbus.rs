@@ -45,7 +45,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 
 use super::decode::{decode_bits, decode_register_bits, decode_registers};
 use super::plan::{self, format_address, Placement, PlanError, ReadRequest, Span, Table};
-use super::{EquipmentSample, PollError, Poller, Quality, SignalReading, Value};
+use super::{EquipmentSample, PollError, Poller, PollerStats, Quality, SignalReading, Value};
 use crate::config::{ByteOrder, Equipment, ModbusAddress, Plc, Protocol, Signal, SignalSource};
 
 /// How long a request that drew a device exception rests before it is tried again.
@@ -64,6 +64,7 @@ pub struct ModbusPoller {
     requests: Vec<LiveRequest>,
     /// `None` until the first poll and after every transport error.
     ctx: Option<Context>,
+    stats: PollerStats,
 }
 
 /// One signal of one equipment and where its data is.
@@ -165,6 +166,7 @@ impl ModbusPoller {
                 })
                 .collect(),
             ctx: None,
+            stats: PollerStats::default(),
         }
     }
 
@@ -201,6 +203,7 @@ impl ModbusPoller {
             tracing::debug!(plc = %self.plc, %target, "connected");
             let ctx = tokio_modbus::client::tcp::attach_slave(stream, Slave(self.unit_id));
             self.ctx = Some(ctx);
+            self.stats.connects += 1;
         }
         self.ctx
             .as_mut()
@@ -321,8 +324,9 @@ impl ModbusPoller {
         true
     }
 
-    /// Turns the answers of one poll into one sample per equipment.
-    fn samples(&mut self, answers: &[Option<Answer>]) -> Vec<EquipmentSample> {
+    /// Turns the answers of one poll into one sample per equipment; signals of a request in
+    /// `held` (not asked this poll, held off after an exception) are [`Quality::Stale`].
+    fn samples(&mut self, answers: &[Option<Answer>], held: &[bool]) -> Vec<EquipmentSample> {
         let ModbusPoller {
             plc,
             equipment,
@@ -361,9 +365,12 @@ impl ModbusPoller {
                     None
                 }
             });
+            let was_held = matches!(&slot.placement, Ok(p) if held.get(p.request) == Some(&true));
             let reading = SignalReading {
                 quality: if value.is_some() {
                     Quality::Good
+                } else if was_held {
+                    Quality::Stale
                 } else {
                     Quality::Bad
                 },
@@ -381,6 +388,7 @@ impl Poller for ModbusPoller {
     async fn poll(&mut self) -> Result<Vec<EquipmentSample>, PollError> {
         let now = Instant::now();
         let mut answers: Vec<Option<Answer>> = Vec::new();
+        let mut held: Vec<bool> = Vec::new();
         let mut any_read = false;
         let mut refused: Vec<String> = Vec::new();
         // `split` appends requests; they are issued in this same poll.
@@ -389,10 +397,12 @@ impl Poller for ModbusPoller {
             let i = next;
             next += 1;
             answers.resize_with(self.requests.len(), || None);
+            held.resize(self.requests.len(), false);
             match health {
                 Health::Split => continue,
                 Health::Excepted { code, retry_at } if now < retry_at => {
                     refused.push(format!("{request}: {}", exception_name(code)));
+                    held[i] = true;
                     continue;
                 }
                 Health::Ok | Health::Excepted { .. } => {}
@@ -413,6 +423,7 @@ impl Poller for ModbusPoller {
                     any_read = true;
                 }
                 Ok(Err(code)) => {
+                    self.stats.exceptions += 1;
                     let config_problem = is_configuration_exception(code);
                     let isolatable = matches!(
                         code,
@@ -461,6 +472,7 @@ impl Poller for ModbusPoller {
             }
         }
         answers.resize_with(self.requests.len(), || None);
+        held.resize(self.requests.len(), false);
         if !any_read {
             return Err(PollError::Exception(if refused.is_empty() {
                 "no signal of this PLC has a readable Modbus address".to_string()
@@ -468,11 +480,15 @@ impl Poller for ModbusPoller {
                 refused.join("; ")
             }));
         }
-        Ok(self.samples(&answers))
+        Ok(self.samples(&answers, &held))
     }
 
     fn connected(&self) -> bool {
         self.ctx.is_some()
+    }
+
+    fn stats(&self) -> PollerStats {
+        self.stats
     }
 }
 

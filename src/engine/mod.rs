@@ -1,58 +1,43 @@
 //! The engine: pure domain logic. Samples, commands and time in; events and state out.
 //!
-//! Nothing here reads a clock, touches SQLite or awaits: every input carries its own time
-//! (the scheduled tick time of the poll, UTC epoch milliseconds), so the same inputs always give
-//! the same events and every rule can be unit-tested sample by sample.
+//! Nothing here reads a clock, touches SQLite or awaits: every input carries its own time (the
+//! scheduled tick time of the poll, or the core's clock for ticks and commands, as UTC epoch
+//! milliseconds), so the same inputs always give the same events and every rule can be tested
+//! sample by sample.
+//!
+//! Module map: [`state`] (machine state from a sample), [`machine`] (one equipment's rules:
+//! stops, downtime, andons, context, jobs), [`oee`] (minute buckets and A/P/Q/OEE),
+//! [`calendar`] (shifts and planned stops in the gateway's zone), [`counter`] (counter deltas
+//! across resets and wraps), [`command`] (command parsing), [`event`] (what comes out, and its
+//! wire form), [`context`] (production context).
 //!
 //! Invariants the tests defend:
 //! - every equipment is in exactly one [`MachineState`] at any time, starting `offline`;
-//! - each transition is one [`Event::StateChanged`] whose `at` is the observing poll's tick
-//!   time, and a transition never goes back in time (a late or re-ordered input is clamped);
-//! - telemetry is emitted at most once per `publish_interval_ms` boundary per equipment.
+//! - each transition is one `state.changed` whose `at` is the observing poll's tick time, and
+//!   time never goes backwards (a late input is clamped to the last time seen);
+//! - every observed millisecond inside a shift lands in exactly one OEE class;
+//! - a command either applies completely or changes nothing.
 
+pub mod calendar;
+pub mod command;
+pub mod context;
+pub mod counter;
+pub mod event;
+pub mod machine;
+pub mod oee;
 pub mod state;
 
 use std::collections::BTreeMap;
 
-use crate::acquire::{EquipmentSample, Quality, Value};
+use crate::acquire::EquipmentSample;
 use crate::config::Config;
 
+pub use event::{DropClass, Event, Message};
 pub use state::MachineState;
 
-/// Something the engine decided happened. The store persists it; the uplink publishes it.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Event {
-    /// `state.changed`
-    StateChanged {
-        equipment: String,
-        from: MachineState,
-        to: MachineState,
-        at_ms: i64,
-    },
-    /// `telemetry`: every configured signal, engineering units, with quality.
-    Telemetry {
-        equipment: String,
-        at_ms: i64,
-        values: BTreeMap<String, Option<Value>>,
-        quality: BTreeMap<String, Quality>,
-    },
-}
-
-impl Event {
-    /// The equipment the event belongs to.
-    pub fn equipment(&self) -> &str {
-        match self {
-            Event::StateChanged { equipment, .. } | Event::Telemetry { equipment, .. } => equipment,
-        }
-    }
-
-    /// When it happened.
-    pub fn at_ms(&self) -> i64 {
-        match self {
-            Event::StateChanged { at_ms, .. } | Event::Telemetry { at_ms, .. } => *at_ms,
-        }
-    }
-}
+use calendar::Calendar;
+use command::Command;
+use machine::{Machine, Memory, Rules};
 
 /// The outcome of one poll of one PLC, as the engine sees it.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,20 +48,6 @@ pub enum PollInput {
     Failed { consecutive: u32 },
 }
 
-/// Per-equipment engine state.
-#[derive(Debug, Clone)]
-struct Machine {
-    code: String,
-    plc: String,
-    state: MachineState,
-    since_ms: i64,
-    /// Fault bit numbers that count toward `faulted`; empty = any bit.
-    fault_bits: Vec<u32>,
-    fault_word_width: u32,
-    last_telemetry_ms: Option<i64>,
-    last_seen_ms: i64,
-}
-
 /// A read-only view of one equipment for `status` and the demo.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct MachineView {
@@ -85,10 +56,14 @@ pub struct MachineView {
     pub since_ms: i64,
 }
 
+/// The reply to a command: `Ok` with the events it caused, or why it did not apply.
+pub type CommandResult = Result<Vec<Event>, String>;
+
 /// The engine of one gateway.
 #[derive(Debug, Clone)]
 pub struct Engine {
     machines: Vec<Machine>,
+    calendar: Calendar,
     telemetry_interval_ms: i64,
     offline_after: BTreeMap<String, u32>,
 }
@@ -96,27 +71,17 @@ pub struct Engine {
 impl Engine {
     /// Every equipment starts `offline` at `start_ms`: nothing has been observed yet.
     pub fn new(config: &Config, start_ms: i64) -> Self {
-        let machines = config
-            .equipment
-            .iter()
-            .map(|e| Machine {
-                code: e.code.clone(),
-                plc: e.plc.clone(),
-                state: MachineState::Offline,
-                since_ms: start_ms,
-                fault_bits: e.faults.iter().map(|f| f.bit).collect(),
-                fault_word_width: e
-                    .signals
-                    .faults
-                    .as_ref()
-                    .map(|s| u32::from(s.data_type.registers()) * 16)
-                    .unwrap_or(16),
-                last_telemetry_ms: None,
-                last_seen_ms: start_ms,
-            })
-            .collect();
         Engine {
-            machines,
+            machines: config
+                .equipment
+                .iter()
+                .map(|e| Machine::new(Rules::new(e), start_ms))
+                .collect(),
+            calendar: Calendar::new(
+                &config.gateway.timezone,
+                &config.shifts,
+                &config.planned_stops,
+            ),
             telemetry_interval_ms: config.telemetry.publish_interval_ms as i64,
             offline_after: config
                 .plcs
@@ -126,60 +91,106 @@ impl Engine {
         }
     }
 
-    /// Resumes from the states persisted by a previous run: each machine that was not offline
-    /// goes `offline` at `last_seen_ms` (the daemon was not watching since then), which keeps
-    /// the published state history continuous across restarts.
+    /// Resumes from the states persisted by a previous run (without full memories): each
+    /// machine that was not offline goes `offline` at `last_seen_ms`.
     pub fn restore(&mut self, previous: &[MachineView], last_seen_ms: i64) -> Vec<Event> {
         let mut events = Vec::new();
         for view in previous {
-            let Some(m) = self.machines.iter_mut().find(|m| m.code == view.equipment) else {
+            let Some(m) = self
+                .machines
+                .iter_mut()
+                .find(|m| m.rules.code == view.equipment)
+            else {
                 continue;
             };
-            m.state = view.state;
-            m.since_ms = view.since_ms;
-            m.last_seen_ms = last_seen_ms.max(view.since_ms);
-            let at = m.last_seen_ms;
-            events.extend(m.transition(MachineState::Offline, at));
+            m.mem.state = view.state;
+            m.mem.since_ms = view.since_ms;
+            m.mem.last_seen_ms = last_seen_ms.max(view.since_ms);
+            events.extend(m.went_away(last_seen_ms, &self.calendar));
         }
         events
+    }
+
+    /// Resumes one equipment from its full persisted memory and minute buckets; it then goes
+    /// `offline` at `last_seen_ms` (the daemon was not watching since). Unknown codes are
+    /// ignored (equipment removed from the config).
+    pub fn restore_memory(
+        &mut self,
+        code: &str,
+        memory: Memory,
+        minutes: Vec<(i64, oee::Bucket)>,
+        last_seen_ms: i64,
+    ) -> Vec<Event> {
+        let Some(m) = self.machines.iter_mut().find(|m| m.rules.code == code) else {
+            return Vec::new();
+        };
+        let open = std::mem::take(&mut m.mem.open_minutes);
+        m.mem = memory;
+        m.mem.context.line_id = m.rules.line_id.clone();
+        m.buckets.minutes.extend(minutes);
+        m.buckets.minutes.extend(
+            open.into_iter()
+                .chain(std::mem::take(&mut m.mem.open_minutes)),
+        );
+        m.went_away(last_seen_ms, &self.calendar)
     }
 
     /// Feeds one poll of `plc` stamped `at_ms`.
     pub fn on_poll(&mut self, plc: &str, at_ms: i64, input: &PollInput) -> Vec<Event> {
         let mut events = Vec::new();
-        let interval = self.telemetry_interval_ms;
         match input {
             PollInput::Samples(samples) => {
                 for sample in samples {
                     let Some(m) = self
                         .machines
                         .iter_mut()
-                        .find(|m| m.code == sample.equipment)
+                        .find(|m| m.rules.code == sample.equipment)
                     else {
                         continue;
                     };
-                    let at = at_ms.max(m.last_seen_ms);
-                    m.last_seen_ms = at;
-                    let next = state::classify(sample, &m.fault_bits, m.fault_word_width);
-                    events.extend(m.transition(next, at));
-                    if m.telemetry_due(at, interval) {
-                        m.last_telemetry_ms = Some(at);
-                        events.push(telemetry(sample, at));
-                    }
+                    events.extend(m.on_sample(
+                        at_ms,
+                        sample,
+                        &self.calendar,
+                        self.telemetry_interval_ms,
+                    ));
                 }
             }
             PollInput::Failed { consecutive } => {
                 let threshold = self.offline_after.get(plc).copied().unwrap_or(3);
-                if *consecutive >= threshold {
-                    for m in self.machines.iter_mut().filter(|m| m.plc == plc) {
-                        let at = at_ms.max(m.last_seen_ms);
-                        m.last_seen_ms = at;
-                        events.extend(m.transition(MachineState::Offline, at));
-                    }
+                for m in self.machines.iter_mut().filter(|m| m.rules.plc == plc) {
+                    events.extend(m.on_failed(at_ms, *consecutive, threshold, &self.calendar));
                 }
             }
         }
         events
+    }
+
+    /// Time-driven rules (downtime, andon timing, escalation, shifts, OEE snapshots) at `now_ms`.
+    pub fn on_tick(&mut self, now_ms: i64) -> Vec<Event> {
+        let cal = &self.calendar;
+        self.machines
+            .iter_mut()
+            .flat_map(|m| m.on_tick(now_ms, cal))
+            .collect()
+    }
+
+    /// Applies a parsed command at `now_ms`. Unknown equipment and commands that do not apply
+    /// change nothing.
+    pub fn on_command(&mut self, now_ms: i64, cmd: &Command) -> CommandResult {
+        let cal = &self.calendar;
+        let Some(m) = self
+            .machines
+            .iter_mut()
+            .find(|m| m.rules.code == cmd.equipment)
+        else {
+            return Err(format!("unknown equipment \"{}\"", cmd.equipment));
+        };
+        // Apply to a copy: a command either applies completely or not at all.
+        let mut trial = m.clone();
+        let events = trial.on_command(now_ms, cmd, cal)?;
+        *m = trial;
+        Ok(events)
     }
 
     /// Current state of every equipment, in config order.
@@ -187,53 +198,48 @@ impl Engine {
         self.machines
             .iter()
             .map(|m| MachineView {
-                equipment: m.code.clone(),
-                state: m.state,
-                since_ms: m.since_ms,
+                equipment: m.rules.code.clone(),
+                state: m.mem.state,
+                since_ms: m.mem.since_ms,
             })
             .collect()
     }
-}
 
-impl Machine {
-    fn transition(&mut self, to: MachineState, at_ms: i64) -> Option<Event> {
-        if to == self.state {
-            return None;
-        }
-        let from = self.state;
-        self.state = to;
-        self.since_ms = at_ms.max(self.since_ms);
-        Some(Event::StateChanged {
-            equipment: self.code.clone(),
-            from,
-            to,
-            at_ms: self.since_ms,
-        })
+    /// Full memories for persistence, as JSON: `(code, memory)`.
+    pub fn memories(&self) -> Vec<(String, String)> {
+        self.machines
+            .iter()
+            .map(|m| {
+                (
+                    m.rules.code.clone(),
+                    serde_json::to_string(&m.persistable()).unwrap_or_default(),
+                )
+            })
+            .collect()
     }
 
-    fn telemetry_due(&self, at_ms: i64, interval_ms: i64) -> bool {
-        match self.last_telemetry_ms {
-            None => true,
-            Some(_) if interval_ms <= 0 => true,
-            Some(last) => at_ms.div_euclid(interval_ms) > last.div_euclid(interval_ms),
-        }
+    /// Equipment codes in config order.
+    pub fn codes(&self) -> Vec<String> {
+        self.machines.iter().map(|m| m.rules.code.clone()).collect()
     }
-}
 
-fn telemetry(sample: &EquipmentSample, at_ms: i64) -> Event {
-    Event::Telemetry {
-        equipment: sample.equipment.clone(),
-        at_ms,
-        values: sample
-            .signals
+    /// One equipment's machine, for `status` and tests.
+    pub fn machine(&self, code: &str) -> Option<&Machine> {
+        self.machines.iter().find(|m| m.rules.code == code)
+    }
+
+    /// Current-shift OEE of every equipment at `now_ms` (for `status`).
+    pub fn current_oee(&self, now_ms: i64) -> Vec<(String, Option<serde_json::Value>)> {
+        self.machines
             .iter()
-            .map(|(name, r)| (name.clone(), r.value.clone()))
-            .collect(),
-        quality: sample
-            .signals
-            .iter()
-            .map(|(name, r)| (name.clone(), r.quality))
-            .collect(),
+            .map(|m| {
+                let figures = self
+                    .calendar
+                    .shift_at(now_ms)
+                    .and_then(|s| m.shift_figures(&s, now_ms));
+                (m.rules.code.clone(), figures)
+            })
+            .collect()
     }
 }
 

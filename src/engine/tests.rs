@@ -1,7 +1,7 @@
 //! Engine rules, driven sample by sample with time passed in.
 
 use super::*;
-use crate::acquire::SignalReading;
+use crate::acquire::{EquipmentSample, Quality, SignalReading, Value};
 use crate::config::*;
 
 fn signal(address: ModbusAddress, data_type: DataType, count: u16) -> Signal {

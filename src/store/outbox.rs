@@ -79,40 +79,41 @@ impl OutboxRow {
 
 /// What the outbox needs to know about an event: class, type, topic, data, retain.
 pub fn describe(event: &Event) -> (Kind, &'static str, String, serde_json::Value, bool) {
-    match event {
-        Event::StateChanged {
-            equipment,
-            from,
-            to,
-            at_ms,
-        } => (
-            Kind::Event,
-            "ms5.state.changed",
-            format!("{equipment}/state"),
-            serde_json::json!({ "from": from, "to": to, "at": rfc3339_ms(*at_ms) }),
-            false,
+    // The wire form is domain knowledge and lives with the events (engine::event).
+    match event.message() {
+        Some(m) => (
+            match m.class {
+                crate::engine::DropClass::Telemetry => Kind::Telemetry,
+                crate::engine::DropClass::OeeSnapshot => Kind::OeeSnapshot,
+                crate::engine::DropClass::Event => Kind::Event,
+            },
+            m.event_type,
+            m.topic,
+            m.data,
+            m.retain,
         ),
-        Event::Telemetry {
-            equipment,
-            values,
-            quality,
-            ..
-        } => (
-            Kind::Telemetry,
-            "ms5.telemetry",
-            format!("{equipment}/telemetry"),
-            serde_json::json!({ "values": values, "quality": quality }),
+        None => (
+            Kind::Event,
+            "",
+            String::new(),
+            serde_json::Value::Null,
             false,
         ),
     }
 }
 
-/// Appends an event to the outbox inside the caller's transaction; returns its `seq`.
-pub fn insert(tx: &Transaction<'_>, event: &Event, now_ms: i64) -> Result<i64, StoreError> {
+/// What `max_outbox_mb` counts for one message: topic + payload, the payload being the data
+/// plus the CloudEvents envelope (about 260 bytes, rebuilt at publish time).
+pub fn estimate_bytes(topic: &str, data: &str) -> usize {
+    topic.len() + data.len() + 260
+}
+
+/// Appends an event to the outbox inside the caller's transaction; returns its `seq` and the
+/// bytes it counts for `max_outbox_mb`.
+pub fn insert(tx: &Transaction<'_>, event: &Event, now_ms: i64) -> Result<(i64, u64), StoreError> {
     let (kind, event_type, topic, data, retain) = describe(event);
     let data = data.to_string();
-    // Envelope overhead (~260 bytes) + topic + data: what max_outbox_mb bounds.
-    let bytes = (topic.len() + data.len() + 260) as i64;
+    let bytes = estimate_bytes(&topic, &data) as i64;
     tx.prepare_cached(
         "INSERT INTO outbox (id, kind, type, topic, equipment, time_ms, data, retain, bytes, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
@@ -129,7 +130,7 @@ pub fn insert(tx: &Transaction<'_>, event: &Event, now_ms: i64) -> Result<i64, S
         bytes,
         now_ms,
     ])?;
-    Ok(tx.last_insert_rowid())
+    Ok((tx.last_insert_rowid(), bytes as u64))
 }
 
 /// The uplink's own connection: reads unsent rows in `seq` order, deletes acknowledged ones.
@@ -142,7 +143,9 @@ impl OutboxReader {
     pub fn open(data_dir: &Path) -> Result<OutboxReader, StoreError> {
         let conn = Connection::open(data_dir.join(DB_FILE))?;
         conn.busy_timeout(Duration::from_secs(10))?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Deletes of acknowledged rows need no fsync of their own: one lost to a power cut is
+        // a resend (allowed by at-least-once), never a loss. See the store's module doc.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         Ok(OutboxReader { conn })
     }
 
@@ -173,12 +176,23 @@ impl OutboxReader {
         if seqs.is_empty() {
             return Ok(());
         }
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
         let tx = self.conn.transaction()?;
         {
-            let mut stmt = tx.prepare_cached("DELETE FROM outbox WHERE seq = ?1")?;
-            for seq in seqs {
-                stmt.execute(params![seq])?;
+            // Acks arrive in order, so acknowledged seqs are mostly consecutive: one range
+            // delete per run instead of one statement per row.
+            let mut range = tx.prepare_cached("DELETE FROM outbox WHERE seq BETWEEN ?1 AND ?2")?;
+            let mut start = sorted[0];
+            let mut prev = sorted[0];
+            for &seq in &sorted[1..] {
+                if seq != prev + 1 {
+                    range.execute(params![start, prev])?;
+                    start = seq;
+                }
+                prev = seq;
             }
+            range.execute(params![start, prev])?;
         }
         tx.commit()?;
         Ok(())

@@ -28,6 +28,8 @@
 //! - The uplink never invents events: birth/will on `P/status` and command replies are the only
 //!   messages it publishes that are not outbox rows.
 
+pub mod backoff;
+pub mod guard;
 pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
@@ -73,6 +75,8 @@ pub struct UplinkStats {
     pub live_dropped: AtomicU64,
     /// Highest seq whose PUBACK arrived.
     pub last_acked_seq: AtomicU64,
+    /// Commands refused by the gate ([`guard`]) with an `ok:false` reply.
+    pub commands_rejected: AtomicU64,
 }
 
 /// Everything the uplink needs besides its channels.
@@ -89,7 +93,7 @@ pub struct UplinkSettings {
 /// Why a session ended.
 #[derive(Debug, Error)]
 enum SessionError {
-    #[error("{0}")]
+    #[error("{}", describe_connection_error(.0))]
     Connection(Box<rumqttc::ConnectionError>),
     #[error("broker acknowledged out of order (packet id {0} still in flight); resyncing")]
     OutOfOrder(u16),
@@ -128,14 +132,17 @@ pub async fn run(
     stats: Arc<UplinkStats>,
 ) {
     let reader = Arc::new(Mutex::new(reader));
-    let base = Duration::from_millis(500);
-    let cap = Duration::from_secs(30);
-    let mut delay = base;
+    let mut backoff = backoff::Backoff::default();
+    let mut guard = guard::CommandGuard::default();
     let mut last_error: Option<String> = None;
     loop {
-        let started = tokio::time::Instant::now();
-        let outcome = session(&settings, &reader, &mut ch, &stats).await;
+        let (outcome, connected_for) =
+            session(&settings, &reader, &mut ch, &stats, &mut guard).await;
         stats.connected.store(false, Ordering::Relaxed);
+        if connected_for.is_some() {
+            // A new error after a working connection is worth a log line again.
+            last_error = None;
+        }
         match outcome {
             Ok(()) => return,
             Err(e) => {
@@ -146,13 +153,7 @@ pub async fn run(
                 }
             }
         }
-        if started.elapsed() > Duration::from_secs(60) {
-            delay = base;
-            last_error = None;
-        }
-        // Decorrelated jitter: next = random(base, 3 × previous), capped.
-        let upper = (delay.as_millis() as u64 * 3).max(base.as_millis() as u64 + 1);
-        delay = Duration::from_millis(fastrand::u64(base.as_millis() as u64..upper)).min(cap);
+        let delay = backoff.next(connected_for, |lo, hi| fastrand::u64(lo..hi));
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = ch.shutdown.changed() => return,
@@ -185,6 +186,9 @@ struct Session<'a> {
     dirty: bool,
     acked: Vec<i64>,
     connected: bool,
+    /// When the broker's CONNACK arrived, for the backoff reset.
+    connected_at: Option<tokio::time::Instant>,
+    guard: &'a mut guard::CommandGuard,
 }
 
 fn options(settings: &UplinkSettings) -> Result<MqttOptions, SessionError> {
@@ -194,7 +198,10 @@ fn options(settings: &UplinkSettings) -> Result<MqttOptions, SessionError> {
     o.set_clean_session(false);
     // rumqttc's own window is a little wider than ours so birth and replies never block it.
     o.set_inflight(m.max_inflight.saturating_add(8));
-    o.set_max_packet_size(256 * 1024, 256 * 1024);
+    // Incoming limit well above the 64 KiB command limit: an oversized command must get an
+    // `ok:false` reply, not make rumqttc drop the connection (the broker would redeliver it
+    // after every reconnect). Outgoing: our largest messages are a few KiB.
+    o.set_max_packet_size(1024 * 1024, 256 * 1024);
     o.set_last_will(LastWill::new(
         format!("{}/status", m.topic_prefix),
         r#"{"state":"offline"}"#,
@@ -214,13 +221,18 @@ fn options(settings: &UplinkSettings) -> Result<MqttOptions, SessionError> {
     Ok(o)
 }
 
+/// One connection, from CONNECT to its end; also returns how long it stayed connected.
 async fn session(
     settings: &UplinkSettings,
     reader: &Arc<Mutex<OutboxReader>>,
     ch: &mut UplinkChannels,
     stats: &UplinkStats,
-) -> Result<(), SessionError> {
-    let opts = options(settings)?;
+    guard: &mut guard::CommandGuard,
+) -> (Result<(), SessionError>, Option<Duration>) {
+    let opts = match options(settings) {
+        Ok(o) => o,
+        Err(e) => return (Err(e), None),
+    };
     let window = usize::from(settings.mqtt.max_inflight.max(1));
     let (client, eventloop) = AsyncClient::new(opts, window + 64);
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
@@ -239,6 +251,8 @@ async fn session(
         dirty: true,
         acked: Vec::new(),
         connected: false,
+        connected_at: None,
+        guard,
     };
     let mut status_timer = tokio::time::interval(Duration::from_secs(60));
     status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -247,24 +261,54 @@ async fn session(
             break Err(e);
         }
         tokio::select! {
-            ev = ev_rx.recv() => match ev {
-                Some(Ok(ev)) => if let Err(e) = s.on_event(ev, ch).await { break Err(e) },
-                Some(Err(e)) => break Err(e.into()),
-                None => break Err(SessionError::EventLoopGone),
-            },
+            ev = ev_rx.recv() => {
+                // Handle everything already queued before pumping again: acks of a whole
+                // window are then deleted in one transaction, not one per wake-up.
+                let mut next = ev;
+                let mut handled = 0;
+                let outcome = loop {
+                    match next {
+                        Some(Ok(ev)) => {
+                            if let Err(e) = s.on_event(ev, ch).await {
+                                break Err(e);
+                            }
+                        }
+                        Some(Err(e)) => break Err(e.into()),
+                        None => break Err(SessionError::EventLoopGone),
+                    }
+                    handled += 1;
+                    if handled >= 4096 {
+                        break Ok(());
+                    }
+                    next = match ev_rx.try_recv() {
+                        Ok(ev) => Some(ev),
+                        Err(mpsc::error::TryRecvError::Empty) => break Ok(()),
+                        Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    };
+                };
+                if let Err(e) = outcome {
+                    break Err(e);
+                }
+            }
             _ = ch.outbox_changed.notified() => s.dirty = true,
             msg = ch.live.recv(), if s.connected => {
                 if let Some(msg) = msg {
-                    s.publish(&msg.topic, msg.qos, msg.retain, msg.payload, Tag::Other)?;
+                    if let Err(e) = s.publish(&msg.topic, msg.qos, msg.retain, msg.payload, Tag::Other) {
+                        break Err(e);
+                    }
                 }
             }
             _ = status_timer.tick(), if s.connected => {
                 let status = ch.status.borrow().to_string();
-                s.publish("status", QoS::AtLeastOnce, true, status, Tag::Other)?;
+                if let Err(e) = s.publish("status", QoS::AtLeastOnce, true, status, Tag::Other) {
+                        break Err(e);
+                    }
             }
             _ = ch.status.changed(), if s.connected => {
                 let status = ch.status.borrow().to_string();
-                s.publish("status", QoS::AtLeastOnce, true, status, Tag::Other)?;
+                if let Err(e) = s.publish("status", QoS::AtLeastOnce, true, status, Tag::Other) {
+                        break Err(e);
+                    }
             }
             _ = ch.shutdown.changed() => {
                 s.goodbye(&mut ev_rx).await;
@@ -275,7 +319,29 @@ async fn session(
     // Whatever was acknowledged is deleted before the session's memory is thrown away.
     let flushed = s.flush_acks().await;
     driver.abort();
-    result.and(flushed)
+    let connected_for = s.connected_at.map(|t| t.elapsed());
+    (result.and(flushed), connected_for)
+}
+
+/// A connection error in words an engineer can act on (credentials and TLS named as such).
+fn describe_connection_error(e: &rumqttc::ConnectionError) -> String {
+    use rumqttc::{ConnectReturnCode as Rc, ConnectionError as Ce};
+    match e {
+        Ce::ConnectionRefused(Rc::BadUserNamePassword | Rc::NotAuthorized) => {
+            "broker refused the login: bad user name or password, or not authorised \
+             (check mqtt.username and the password_file)"
+                .into()
+        }
+        Ce::ConnectionRefused(Rc::BadClientId) => {
+            "broker refused the client id (check mqtt.client_id)".into()
+        }
+        Ce::ConnectionRefused(code) => format!("broker refused the connection: {code:?}"),
+        Ce::Tls(t) => format!(
+            "TLS handshake with the broker failed: {t} (check mqtt.ca_file, the broker's \
+             certificate and name, and the client certificate)"
+        ),
+        other => other.to_string(),
+    }
 }
 
 async fn drive(
@@ -392,6 +458,7 @@ impl Session<'_> {
         match ev {
             Event::Incoming(Incoming::ConnAck(_)) => {
                 self.connected = true;
+                self.connected_at = Some(tokio::time::Instant::now());
                 self.stats.connected.store(true, Ordering::Relaxed);
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
@@ -419,15 +486,35 @@ impl Session<'_> {
                 }
             }
             Event::Incoming(Incoming::Publish(p)) => {
-                let cmd_prefix = format!("{}/cmd/", self.prefix);
-                if let Some(path) = p.topic.strip_prefix(&cmd_prefix) {
-                    let cmd = InboundCommand {
-                        path: path.to_string(),
-                        payload: p.payload.to_vec(),
-                    };
-                    if ch.commands.try_send(cmd).is_err() {
-                        tracing::warn!(topic = %p.topic, "command queue full; command dropped");
+                let verdict = self.guard.check(
+                    self.prefix,
+                    &p.topic,
+                    &p.payload,
+                    p.retain,
+                    std::time::Instant::now(),
+                );
+                let refusal = match verdict {
+                    guard::Verdict::Ignore => None,
+                    guard::Verdict::Accept { path } => {
+                        let cmd = InboundCommand {
+                            path,
+                            payload: p.payload.to_vec(),
+                        };
+                        match ch.commands.try_send(cmd) {
+                            Ok(()) => None,
+                            Err(_) => Some((
+                                guard::request_id_of(&p.payload),
+                                "gateway busy: command queue full, try again".to_string(),
+                            )),
+                        }
                     }
+                    guard::Verdict::Reject { request_id, error } => Some((request_id, error)),
+                };
+                if let Some((request_id, error)) = refusal {
+                    tracing::warn!(topic = %p.topic, bytes = p.payload.len(), %error, "command refused");
+                    self.stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
+                    let reply = guard::reply(&request_id, &error);
+                    self.publish("reply", QoS::AtLeastOnce, false, reply, Tag::Other)?;
                 }
             }
             _ => {}

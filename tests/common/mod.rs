@@ -2,6 +2,8 @@
 //! subscriber that records everything, and helpers to await conditions (never bare sleeps).
 #![allow(dead_code)]
 
+pub mod line;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -61,18 +63,32 @@ pub struct Broker {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Extra mosquitto.conf lines (e.g. a TLS listener); `allow_anonymous` in them replaces
+    /// the default `allow_anonymous true`.
+    extra: String,
 }
 
 impl Broker {
     pub async fn start(dir: &Path) -> Broker {
+        Broker::start_with(dir, "").await
+    }
+
+    /// Like [`Broker::start`] with extra configuration lines appended after the plain listener.
+    pub async fn start_with(dir: &Path, extra: &str) -> Broker {
         let port = free_port();
         let mut b = Broker {
             port,
             dir: dir.to_path_buf(),
             child: None,
+            extra: extra.to_string(),
         };
         b.restart().await;
         b
+    }
+
+    /// The broker's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
     }
 
     /// The broker's URL for configs.
@@ -93,14 +109,20 @@ impl Broker {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
             .unwrap_or(false);
         let user = if is_root { "user root\n" } else { "" };
+        let anonymous = if self.extra.contains("allow_anonymous") {
+            ""
+        } else {
+            "allow_anonymous true\n"
+        };
         std::fs::write(
             &conf,
             format!(
-                "{user}listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                "{user}listener {port} 127.0.0.1\n{anonymous}persistence true\n\
                  persistence_location {dir}/\nmax_queued_messages 0\nmax_inflight_messages 0\n\
-                 log_dest file {dir}/mosquitto.log\n",
+                 log_dest file {dir}/mosquitto.log\n{extra}",
                 port = self.port,
-                dir = self.dir.display()
+                dir = self.dir.display(),
+                extra = self.extra,
             ),
         )
         .expect("write mosquitto.conf");
@@ -275,11 +297,17 @@ pub struct DaemonProcess {
 
 impl DaemonProcess {
     pub fn start(config: &Path, log: &Path) -> DaemonProcess {
+        DaemonProcess::start_with_env(config, log, &[])
+    }
+
+    /// Like [`DaemonProcess::start`] with extra environment variables (the store's test knobs).
+    pub fn start_with_env(config: &Path, log: &Path, env: &[(&str, String)]) -> DaemonProcess {
         let log_file = std::fs::File::create(log).expect("daemon log file");
         let child = Command::new(env!("CARGO_BIN_EXE_ms5-edge"))
             .arg("run")
             .arg("-c")
             .arg(config)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .env("MS5_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log_file)

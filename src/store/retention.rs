@@ -1,0 +1,134 @@
+//! Retention: old rows pruned in small batches that never stall polling.
+//!
+//! ## Design constraints
+//! - **Table-driven.** [`RULES`] lists every pruned table with its time column and retention
+//!   class; a new domain table is pruned by appending one line (its time column should be
+//!   indexed, or each step scans the table).
+//! - **Small steps.** [`prune_step`] deletes at most `budget` rows in total, in one short
+//!   transaction on the core's connection, and says whether more is due; the core calls it
+//!   about once a minute, or about once a second while a backlog remains (e.g. after the
+//!   retention was shortened), so a big prune never holds the write lock for long.
+//! - **Open rows are kept.** A row whose time column is `NULL` (an open interval) never
+//!   matches `< cutoff` and is never pruned.
+//! - Outbox rows are never pruned by age: they leave on PUBACK or through the
+//!   `max_outbox_mb` drop order only (see [`super::bounds`]).
+
+use rusqlite::{params, Connection};
+
+use super::StoreError;
+
+/// Which retention setting applies to a table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// `storage.telemetry_retention_days` (samples).
+    Telemetry,
+    /// `storage.retention_days` (events, intervals, OEE minutes).
+    Events,
+}
+
+/// One pruned table.
+#[derive(Debug, Clone, Copy)]
+pub struct Rule {
+    pub table: &'static str,
+    /// Epoch milliseconds; rows older than the cutoff are deleted.
+    pub time_column: &'static str,
+    pub class: Class,
+}
+
+/// Every pruned table. Append new domain tables here (downtime, andon, OEE minutes, …).
+pub const RULES: &[Rule] = &[
+    Rule {
+        table: "samples",
+        time_column: "time_ms",
+        class: Class::Telemetry,
+    },
+    Rule {
+        table: "state_intervals",
+        time_column: "end_ms",
+        class: Class::Events,
+    },
+    Rule {
+        table: "downtimes",
+        time_column: "ended_ms",
+        class: Class::Events,
+    },
+    Rule {
+        table: "andons",
+        time_column: "resolved_ms",
+        class: Class::Events,
+    },
+    Rule {
+        table: "context_history",
+        time_column: "changed_ms",
+        class: Class::Events,
+    },
+    Rule {
+        table: "jobs",
+        time_column: "at_ms",
+        class: Class::Events,
+    },
+    Rule {
+        table: "oee_minutes",
+        time_column: "minute_ms",
+        class: Class::Events,
+    },
+];
+
+/// Retention settings in days (from `[storage]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub telemetry_days: u32,
+    pub events_days: u32,
+}
+
+impl Retention {
+    fn cutoff_ms(&self, class: Class, now_ms: i64) -> i64 {
+        let days = match class {
+            Class::Telemetry => self.telemetry_days,
+            Class::Events => self.events_days,
+        };
+        now_ms - i64::from(days) * 86_400_000
+    }
+}
+
+/// What one step did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub deleted: u64,
+    /// The budget ran out before every table was clean: call again soon.
+    pub more: bool,
+}
+
+/// Deletes at most `budget` expired rows across [`RULES`] in one transaction.
+pub fn prune_step(
+    conn: &mut Connection,
+    retention: &Retention,
+    now_ms: i64,
+    budget: usize,
+) -> Result<PruneReport, StoreError> {
+    let tx = conn.transaction()?;
+    let mut report = PruneReport::default();
+    let mut left = budget;
+    for rule in RULES {
+        if left == 0 {
+            report.more = true;
+            break;
+        }
+        let cutoff = retention.cutoff_ms(rule.class, now_ms);
+        let sql = format!(
+            "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {c} < ?1 LIMIT ?2)",
+            t = rule.table,
+            c = rule.time_column
+        );
+        let n = tx
+            .prepare_cached(&sql)?
+            .execute(params![cutoff, left as i64])?;
+        report.deleted += n as u64;
+        left -= n.min(left);
+        if left == 0 {
+            report.more = true;
+        }
+    }
+    tx.commit()?;
+    Ok(report)
+}
