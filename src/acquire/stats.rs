@@ -65,6 +65,10 @@ impl Histogram {
         for (i, &c) in self.counts.iter().enumerate() {
             seen += c;
             if seen >= rank {
+                // The last bucket also holds everything clamped into it.
+                if i == BUCKETS - 1 {
+                    return self.max;
+                }
                 return upper_edge(i).min(self.max);
             }
         }

@@ -391,7 +391,14 @@ impl Machine {
         self.buckets.add_counts(produced_at, dg, dr, cal);
         if dg + dr > 0 {
             self.mem.context.last_production_update = Some(t);
-            if let Some(job) = self.mem.job.as_mut().filter(|j| j.started_ms.is_some()) {
+            // Units a poll reports were made since the previous poll: they count for a job
+            // only when that interval began at or after the job's start.
+            if let Some(job) = self
+                .mem
+                .job
+                .as_mut()
+                .filter(|j| j.started_ms.is_some_and(|s| produced_at >= s))
+            {
                 job.good += dg;
                 job.reject += dr;
             }

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod line;
+pub mod pki;
+pub mod proxy;
+pub mod python;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,97 @@
+//! A full database (`SQLITE_FULL`, produced with `PRAGMA max_page_count` through the store's
+//! test knob): polling and the engine go on, events wait in memory, and they are committed and
+//! delivered, in `seq` order, once space returns (here: when the broker is back and the uplink
+//! frees the outbox pages).
+
+mod common;
+
+use std::time::Duration;
+
+use common::line::{config_text, hold_running, line, BAGGER, PREFIX};
+use common::{assert_gapless, wait_for, Broker, DaemonProcess, Subscriber};
+use ms5_edge::store::DB_FILE;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_database_never_stops_polling_and_its_events_are_delivered_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = Broker::start(&dir.path().join("broker")).await;
+    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
+    let line = line().await;
+    line.bagger.set_override(hold_running(true));
+    let config_path = dir.path().join("ms5-edge.toml");
+    std::fs::write(
+        &config_path,
+        config_text(&line, &data, Some(&broker.url()), ""),
+    )
+    .unwrap();
+
+    // A first run creates the database; its size decides the page limit of the second run.
+    let mut first = DaemonProcess::start(&config_path, &dir.path().join("daemon1.log"));
+    sub.wait("bagger running", Duration::from_secs(20), |m| {
+        m.iter().any(|r| {
+            r.topic == format!("{PREFIX}/{BAGGER}/state") && r.payload["data"]["to"] == "running"
+        })
+    })
+    .await;
+    assert!(first.terminate().success());
+    let pages: i64 = rusqlite::Connection::open(data.join(DB_FILE))
+        .unwrap()
+        .query_row("PRAGMA page_count", [], |r| r.get(0))
+        .unwrap();
+
+    // The broker goes away and the outbox fills the few pages left.
+    broker.stop();
+    let knob = [("MS5_EDGE_TEST_MAX_PAGE_COUNT", (pages + 16).to_string())];
+    let mut daemon =
+        DaemonProcess::start_with_env(&config_path, &dir.path().join("daemon2.log"), &knob);
+    wait_for("the database to be full", Duration::from_secs(90), || {
+        daemon.log_text().contains("cannot commit to the database")
+    })
+    .await;
+    let log = daemon.log_text();
+    assert!(
+        log.contains("full"),
+        "the error names the full database:\n{log}"
+    );
+
+    // Polling and the engine go on: a stop while the disk is full.
+    let served = line.bagger.requests_served();
+    line.bagger.set_override(hold_running(false));
+    wait_for(
+        "polls while the disk is full",
+        Duration::from_secs(10),
+        || line.bagger.requests_served() >= served + 6,
+    )
+    .await;
+    assert!(
+        daemon.child.try_wait().unwrap().is_none(),
+        "the daemon is still running"
+    );
+
+    // Space returns: the broker is back, acknowledged rows free their pages.
+    broker.restart().await;
+    sub.wait(
+        "the stop made while the disk was full",
+        Duration::from_secs(60),
+        |m| {
+            m.iter().any(|r| {
+                r.topic == format!("{PREFIX}/{BAGGER}/state")
+                    && r.payload["data"]["from"] == "running"
+                    && r.payload["data"]["to"] == "stopped"
+            })
+        },
+    )
+    .await;
+    wait_for("the recovery to be logged", Duration::from_secs(10), || {
+        daemon.log_text().contains("database accepts writes again")
+    })
+    .await;
+    let events = sub.events();
+    let (first_seq, _, _) = assert_gapless(&events);
+    assert_eq!(
+        first_seq, 1,
+        "one stream from seq 1, no gap through the full disk"
+    );
+    assert!(daemon.terminate().success());
+}
