@@ -13,8 +13,9 @@
 //! - [`engine`]: pure domain logic — samples and time in, events and state out. No I/O.
 //! - [`store`]: SQLite; an event's domain rows and its outbox row commit in one transaction.
 //! - [`uplink`]: drains the outbox to MQTT, deleting a row only on the broker's PUBACK.
-//! - [`daemon`]: wires the pieces together; `run(config, shutdown)` is what `ms5-edge run` and
-//!   the tests call.
+//! - [`daemon`]: wires the pieces together; `run(config, shutdown)` is what the tests call;
+//!   `run_with_reload` adds SIGHUP reloads for `ms5-edge run`.
+//! - [`notify`]: systemd readiness, status lines and a watchdog that fires when a poll loop stalls.
 //! - [`sim`]: Modbus TCP simulators of Bagger 1 and Basket Loader 1 for `demo` and tests.
 //! - [`clock`]: the only place clocks are read.
 
@@ -24,6 +25,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod notify;
 pub mod sim;
 pub mod status;
 pub mod store;

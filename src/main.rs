@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use ms5_edge::config::{self, ConfigErrors};
+use ms5_edge::config::{self, Config, ConfigErrors};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -139,26 +139,71 @@ fn check_config(path: &std::path::Path) -> ExitCode {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives; SIGHUP is logged (reload lands in a later release)
-/// rather than left to its default action, which would kill the daemon.
+/// What a signal asks of the daemon.
+enum Signal {
+    Shutdown,
+    Reload,
+}
+
+/// Signal handlers for `run`; `None` when they cannot be installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Some(Signals {
+            term: signal(SignalKind::terminate()).ok()?,
+            int: signal(SignalKind::interrupt()).ok()?,
+            hup: signal(SignalKind::hangup()).ok()?,
+        })
+    }
+
+    async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.term.recv() => { tracing::info!("SIGTERM: shutting down"); Signal::Shutdown }
+            _ = self.int.recv() => { tracing::info!("SIGINT: shutting down"); Signal::Shutdown }
+            _ = self.hup.recv() => { tracing::info!("SIGHUP: re-reading the configuration"); Signal::Reload }
+        }
+    }
+}
+
+/// Resolves when SIGTERM or SIGINT arrives; SIGHUP is logged and ignored (`demo` has no file
+/// to re-read) rather than left to its default action, which would kill the process.
 async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
+    let Some(mut signals) = Signals::install() else {
         tracing::error!("cannot install signal handlers; Ctrl-C only");
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
-    loop {
-        tokio::select! {
-            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); return }
-            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); return }
-            _ = hup.recv() => tracing::warn!("SIGHUP: configuration reload is not supported by this version; running configuration kept"),
-        }
+    while let Signal::Reload = signals.next().await {}
+}
+
+/// Re-reads `path` for a reload: the new configuration when it is valid for `run` (files it
+/// names must exist), else every error logged and `None` (the running configuration stays).
+fn reload_config(path: &std::path::Path, notifier: &ms5_edge::notify::Notifier) -> Option<Config> {
+    let problems = match config::load_file(path) {
+        Ok(loaded) if loaded.warnings.is_empty() => return Some(loaded.config),
+        Ok(loaded) => loaded.warnings,
+        Err(errors) => errors.0,
+    };
+    for e in &problems {
+        tracing::error!(error = %e, "reload rejected");
     }
+    tracing::error!(
+        errors = problems.len(),
+        file = %path.display(),
+        "configuration reload rejected; the running configuration is kept"
+    );
+    notifier.status(&format!(
+        "reload of {} rejected ({} error(s), see the journal); running configuration kept",
+        path.display(),
+        problems.len()
+    ));
+    None
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -181,14 +226,40 @@ fn run(path: &std::path::Path) -> ExitCode {
         print_errors(&ConfigErrors(loaded.warnings));
         return ExitCode::from(2);
     }
+    let path = path.to_path_buf();
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
+            let notifier = ms5_edge::notify::Notifier::from_env();
             let (tx, rx) = watch::channel(false);
+            let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(1);
+            let signal_notifier = notifier.clone();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                let Some(mut signals) = Signals::install() else {
+                    tracing::error!("cannot install signal handlers; Ctrl-C only, no reload");
+                    let _ = tokio::signal::ctrl_c().await;
+                    let _ = tx.send(true);
+                    return;
+                };
+                loop {
+                    match signals.next().await {
+                        Signal::Shutdown => break,
+                        Signal::Reload => {
+                            if let Some(new) = reload_config(&path, &signal_notifier) {
+                                let _ = reload_tx.send(new).await;
+                            }
+                        }
+                    }
+                }
                 let _ = tx.send(true);
             });
-            ms5_edge::daemon::run(loaded.config, rx, Default::default()).await?;
+            ms5_edge::daemon::run_with_reload(
+                loaded.config,
+                reload_rx,
+                rx,
+                Default::default(),
+                notifier,
+            )
+            .await?;
             Ok(())
         })
     });

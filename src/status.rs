@@ -22,7 +22,94 @@ pub fn read(config: &Config) -> Result<StatusReport, StoreError> {
     let db = ReadOnly::open(&config.gateway.data_dir)?;
     let snap = db.snapshot()?;
     let now = Clock::system().now_ms();
-    Ok(render(config, &snap, now))
+    let mut report = render(config, &snap, now);
+    // The engine's view per equipment: open downtime, andons, context, shift OEE.
+    for e in &config.equipment {
+        let (memory, minutes) = db.engine_state(&e.code, now - 50 * 3_600_000)?;
+        let summary = crate::engine::summary(config, &e.code, memory, minutes, now);
+        report.text.push_str(&render_summary(&e.code, &summary));
+        if let Some(obj) = report.json["equipment"][e.code.as_str()].as_object_mut() {
+            if let Some(extra) = summary.as_object() {
+                for (k, v) in extra {
+                    obj.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn ratio(v: &serde_json::Value) -> String {
+    v.as_f64()
+        .map(|f| format!("{:.1} %", f * 100.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+/// The engine's part of the text report for one equipment.
+fn render_summary(code: &str, s: &serde_json::Value) -> String {
+    let mut t = format!("\n{code}\n");
+    match s["open_downtime"].as_object() {
+        Some(d) => t.push_str(&format!(
+            "  stopped since {} ({:.0} s): {} {} [{}]\n",
+            d["started_at"].as_str().unwrap_or("?"),
+            d["duration_s"].as_f64().unwrap_or(0.0),
+            d["reason_code"].as_str().unwrap_or("?"),
+            d["reason"].as_str().unwrap_or(""),
+            d["category"].as_str().unwrap_or("")
+        )),
+        None => t.push_str("  no open downtime\n"),
+    }
+    for a in s["andons"].as_array().into_iter().flatten() {
+        t.push_str(&format!(
+            "  ANDON {} level {} {} {} since {}{}\n",
+            a["priority"].as_str().unwrap_or("?"),
+            a["level"],
+            a["reason_code"].as_str().unwrap_or("?"),
+            a["description"].as_str().unwrap_or(""),
+            a["raised_at"].as_str().unwrap_or("?"),
+            a["acknowledged_by"]
+                .as_str()
+                .map(|w| format!(" (acknowledged by {w})"))
+                .unwrap_or_default()
+        ));
+    }
+    let c = &s["context"];
+    if c.is_object() {
+        t.push_str(&format!(
+            "  context: shift {} job {} product {} operator {} actual {} / target {}\n",
+            c["shift"].as_str().unwrap_or("-"),
+            c["job_id"].as_str().unwrap_or("-"),
+            c["product_type_id"].as_str().unwrap_or("-"),
+            c["operator"].as_str().unwrap_or("-"),
+            c["actual_quantity"],
+            c["target_quantity"]
+                .as_u64()
+                .map(|q| q.to_string())
+                .unwrap_or_else(|| "-".into())
+        ));
+    }
+    let o = &s["oee"];
+    if o.is_object() {
+        let tg = &o["targets"];
+        t.push_str(&format!(
+            "  shift {} OEE {} (target {})  A {} ({})  P {} ({})  Q {} ({}){}\n",
+            o["shift"].as_str().unwrap_or("-"),
+            ratio(&o["oee"]),
+            ratio(&tg["oee"]),
+            ratio(&o["availability"]),
+            ratio(&tg["availability"]),
+            ratio(&o["performance"]),
+            ratio(&tg["performance"]),
+            ratio(&o["quality"]),
+            ratio(&tg["quality"]),
+            if o["performance_over_ideal"] == true {
+                "  [performance above ideal: check ideal_rate_per_min]"
+            } else {
+                ""
+            }
+        ));
+    }
+    t
 }
 
 /// Renders a snapshot taken at `now_ms` (pure, for tests).
@@ -64,7 +151,10 @@ pub fn render(config: &Config, snap: &StatusSnapshot, now_ms: i64) -> StatusRepo
         "stream": snap.stream,
         "outbox_depth": snap.outbox_depth,
         "outbox_bytes": snap.outbox_bytes,
+        "outbox_limit_bytes": config.storage.max_outbox_mb.saturating_mul(1 << 20),
         "oldest_unsent_age_s": oldest_age_s,
+        "drops": snap.drops,
+        "recovered": snap.recovered,
         "equipment": equipment,
         "plcs": plcs,
     });
@@ -79,13 +169,45 @@ pub fn render(config: &Config, snap: &StatusSnapshot, now_ms: i64) -> StatusRepo
             .unwrap_or_else(|| "never".into())
     ));
     t.push_str(&format!(
-        "outbox: {} message(s), {} bytes waiting{}\n\n",
+        "outbox: {} message(s), {} bytes waiting{}\n",
         snap.outbox_depth,
         snap.outbox_bytes,
         oldest_age_s
             .map(|a| format!(", oldest {a:.1} s old"))
             .unwrap_or_default()
     ));
+    // Store-and-forward losses and recoveries (issue 5): shown only when there are any.
+    if let Some(r) = &snap.recovered {
+        t.push_str(&format!(
+            "DATABASE REPLACED {}: the corrupt one was moved to {} ({})\n",
+            r.at, r.moved_to, r.reason
+        ));
+    }
+    if snap.drops.total() > 0 {
+        t.push_str(&format!("DROPPED {} message(s):", snap.drops.total()));
+        for (reason, classes) in &snap.drops.totals {
+            for (class, c) in classes {
+                t.push_str(&format!(" {reason}/{class} {}", c.count));
+            }
+        }
+        t.push('\n');
+        for r in &snap.drops.recent {
+            let span = match (r.first_seq, r.last_seq) {
+                (Some(f), Some(l)) => format!("seq {f}..={l}"),
+                _ => "before a seq was assigned".to_string(),
+            };
+            t.push_str(&format!(
+                "  {} {}: {} {} dropped, {span}, {} .. {}\n",
+                r.reason_name(),
+                r.class,
+                r.count,
+                if r.count == 1 { "message" } else { "messages" },
+                r.first_at,
+                r.last_at
+            ));
+        }
+    }
+    t.push('\n');
     t.push_str(&format!(
         "{:<22} {:<24} {:<14} since\n",
         "equipment", "name", "state"

@@ -164,9 +164,17 @@ async fn an_exception_on_a_merged_read_isolates_the_bad_address_and_is_not_reiss
     // co:0, ir:10, hr:100..=113, hr:998..=1001 (refused), then hr:998 and hr:1001 alone.
     assert_eq!(sim.requests_served() - before, 6);
 
-    // The next poll reads the good requests only; the refused one rests for a minute.
+    // The next poll reads the good requests only; the refused one rests for a minute, and its
+    // signal is stale (not asked) rather than bad (asked and refused).
     let before = sim.requests_served();
     let samples = poller.poll().await.expect("poll succeeds");
+    want.insert(
+        "beyond".into(),
+        SignalReading {
+            value: None,
+            quality: Quality::Stale,
+        },
+    );
     assert_eq!(only(&samples), &want);
     assert_eq!(sim.requests_served() - before, 4);
     sim.shutdown().await;

@@ -188,3 +188,107 @@ async fn a_controller_that_stops_answering_times_out_within_the_configured_timeo
     assert!(started.elapsed() < std::time::Duration::from_millis(1000));
     assert!(!poller.connected());
 }
+
+#[tokio::test]
+async fn a_toml_configured_logix_plc_is_polled_through_spawn_all_on_its_schedule() {
+    // The daemon's path: config text → `acquire::spawn_all` → the EtherNet/IP task → reports.
+    let peer = controller();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = format!(
+        r#"
+[gateway]
+id = "eip-e2e"
+data_dir = "{dir}"
+timezone = "Europe/London"
+
+[[plc]]
+name = "logix"
+protocol = "ethernet-ip"
+host = "127.0.0.1"
+port = {port}
+slot = 0
+poll_interval_ms = 200
+timeout_ms = 200
+
+[[equipment]]
+code = "BP01.PACK.BAG1.BL"
+name = "Basket Loader 1"
+plc = "logix"
+line_id = "BP01-L1"
+position_in_line = 2
+primary = true
+type = "packaging"
+criticality = 3
+ideal_rate_per_min = 60
+micro_stop_s = 30
+
+[equipment.signals]
+running    = {{ tag = "Running" }}
+speed      = {{ tag = "Speed", type = "real" }}
+good_count = {{ tag = "GoodCount", type = "dint" }}
+faults     = {{ tag = "Faults", type = "dint", count = 2 }}
+
+[[equipment.fault]]
+bit = 63
+code = "E_STOP"
+description = "Emergency stop"
+category = "safety"
+severity = "critical"
+andon = true
+"#,
+        dir = dir.path().display(),
+        port = peer.port,
+    );
+    let config = ms5_edge::config::load_str(&text, "eip.toml")
+        .unwrap_or_else(|e| panic!("test config is valid: {e}"))
+        .config;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let tasks =
+        ms5_edge::acquire::spawn_all(&config, ms5_edge::clock::Clock::system(), tx, shutdown);
+    assert_eq!(tasks.len(), 1, "one task per PLC");
+
+    let mut reports = Vec::new();
+    for _ in 0..3 {
+        let report = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a report within 10 s")
+            .expect("the PLC task is running");
+        reports.push(report);
+    }
+    for r in &reports {
+        assert_eq!(r.plc, "logix");
+        let samples = r.outcome.as_ref().expect("every poll reads the controller");
+        let s = &samples[0].signals;
+        assert_eq!(samples[0].equipment, "BP01.PACK.BAG1.BL");
+        assert_eq!(s["running"], good(Value::Bool(true)));
+        assert_eq!(s["speed"], good(Value::Float(87.5)));
+        assert_eq!(s["good_count"], good(Value::Int(123_456)));
+        assert_eq!(
+            s["faults"],
+            good(Value::Array(vec![
+                Value::Int(5),
+                Value::Int(i64::from(i32::MIN))
+            ]))
+        );
+    }
+    // Stamped with their scheduled ticks: exactly one interval apart, none skipped.
+    let stamps: Vec<i64> = reports.iter().map(|r| r.scheduled_ms).collect();
+    assert!(
+        stamps.windows(2).all(|w| (w[1] - w[0] - 200).abs() <= 1),
+        "ticks 200 ms apart: {stamps:?}"
+    );
+    let last = &reports[2].counters;
+    assert_eq!(last.polls, 3);
+    assert_eq!(last.failed_polls, 0);
+    assert_eq!(last.skipped_ticks, 0);
+    assert!(!last.offline);
+
+    stop.send(true).expect("the task listens");
+    for task in tasks {
+        tokio::time::timeout(std::time::Duration::from_secs(5), task)
+            .await
+            .expect("the task stops on shutdown")
+            .expect("the task did not panic");
+    }
+}

@@ -26,14 +26,29 @@
 //! ## Cadence counters
 //!
 //! [`PlcCounters`] is what `status` and the `health` section of `P/status` show per PLC:
-//! polls, failures, skipped ticks, timeouts, reconnects, exceptions, type contradictions,
-//! lateness (last, p50, p99, max since start) and cycle duration (last, max). Field names are
-//! part of the status contract: add, never rename.
+//! polls, failed polls (total and consecutive), skipped ticks, ticks passed in backoff,
+//! timeouts, reconnects, exceptions, type contradictions, lateness (last, p50, p99, max since
+//! start; p50/p99 from a fixed-size histogram, see [`stats`]), cycle duration (last, max), the
+//! last error and whether the PLC counts as `offline`. Field names are part of the status
+//! contract: add, never rename.
+//!
+//! Ticks start on a dedicated timer thread ([`timer`]), not tokio's millisecond timer, so a
+//! poll starts within a fraction of a millisecond of its scheduled time. Every PLC's schedule
+//! starts at the same instant, on purpose: the reports of one tick then reach the core together
+//! and are committed in one SQLite transaction (see `BENCHMARKS.md`, Acquisition).
+//!
+//! ## Backoff
+//!
+//! After a transport error, reconnects back off exponentially with jitter (see
+//! [`reconnect_backoff`]) from [`BACKOFF_BASE`] up to a cap of **2 × the poll interval,
+//! clamped to 1 s ..= 10 s** ([`backoff_cap`]): a fast-polled dead PLC gets at most about one
+//! connection attempt a second, SPEC §6's 10 s ceiling holds, and a PLC polled every ≥ 500 ms
+//! is read again within 3 poll intervals of coming back. Ticks that fall inside a backoff send
+//! nothing and report nothing; they are counted in `backoff_ticks`.
 //!
 //! Invariants: every request has a timeout; after a transport error the connection is dropped
 //! and re-opened (a reused Modbus TCP connection can fall out of step with transaction ids);
-//! reconnects back off exponentially with jitter, capped at 10 s; the gateway never writes to
-//! a PLC.
+//! reconnect waits never exceed [`backoff_cap`]; the gateway never writes to a PLC.
 
 pub mod decode;
 pub mod eip;
@@ -41,6 +56,7 @@ pub mod modbus;
 pub mod plan;
 pub mod schedule;
 pub mod stats;
+pub mod timer;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -319,7 +335,8 @@ pub async fn run_plc<P: Poller>(
         let tick = ticks.next_tick(clock.mono_now());
         counters.skipped_ticks += tick.skipped;
         tokio::select! {
-            _ = tokio::time::sleep_until(tick.at.into()) => {}
+            // Not tokio's timer: it starts ticks 1–2 ms late (see [`timer`]).
+            _ = timer::sleep_until(tick.at) => {}
             _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {

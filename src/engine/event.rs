@@ -44,6 +44,10 @@ pub struct DowntimeRecord {
     pub planned: bool,
     pub fault_bits: Vec<u32>,
     pub minor: bool,
+    /// Who closed it when not the machine itself: `"reload"` when a configuration reload
+    /// removed the equipment while the downtime was open (SPEC §6 "Reload").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub closed_by: Option<String>,
 }
 
 impl DowntimeRecord {
@@ -62,6 +66,9 @@ impl DowntimeRecord {
             d["ended_at"] = json!(rfc3339_ms(end));
             d["duration_s"] = json!((end - self.start_ms) as f64 / 1000.0);
             d["minor"] = json!(self.minor);
+            if let Some(by) = &self.closed_by {
+                d["closed_by"] = json!(by);
+            }
         }
         d
     }

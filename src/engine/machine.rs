@@ -491,6 +491,23 @@ impl Machine {
         ev
     }
 
+    /// The equipment leaves the configuration at `at` (a reload removed it): its open stop ends
+    /// with `closed_by = by` and its open andons resolve with `resolved_by = by` (SPEC §6
+    /// "Reload"). Its state, context and counters are left as they are; nothing polls it again.
+    pub fn retire(&mut self, at: i64, by: &str, cal: &Calendar) -> Vec<Event> {
+        let at = at.max(self.mem.last_seen_ms);
+        self.advance(at, cal);
+        let mut events = self.close_stop(at, cal);
+        for e in events.iter_mut() {
+            if let Event::DowntimeEnded { record, .. } = e {
+                record.closed_by = Some(by.to_string());
+            }
+        }
+        let ids: Vec<String> = self.mem.andons.iter().map(|a| a.andon_id.clone()).collect();
+        events.extend(ids.iter().filter_map(|id| self.resolve(id, by, at)));
+        events
+    }
+
     /// The daemon was not watching from `at` on: `offline` from then.
     pub fn went_away(&mut self, at: i64, cal: &Calendar) -> Vec<Event> {
         let at = at.max(self.mem.last_seen_ms);
@@ -651,6 +668,7 @@ impl Machine {
             planned: matches!(stop.kind, StopKind::Planned { .. }),
             fault_bits: stop.fault_bits.clone(),
             minor,
+            closed_by: None,
         }
     }
 

@@ -135,6 +135,36 @@ impl Engine {
         m.went_away(last_seen_ms, &self.calendar)
     }
 
+    /// Resumes one equipment from the memory the previous pipeline of *this* process committed
+    /// a moment ago (a configuration reload). Unlike [`Engine::restore_memory`] the equipment
+    /// does not go `offline`: the daemon never stopped watching, so open downtime, andons,
+    /// context and jobs carry on as if nothing happened. Unknown codes are ignored.
+    pub fn resume_memory(&mut self, code: &str, memory: Memory, minutes: Vec<(i64, oee::Bucket)>) {
+        let Some(m) = self.machines.iter_mut().find(|m| m.rules.code == code) else {
+            return;
+        };
+        let open = std::mem::take(&mut m.mem.open_minutes);
+        m.mem = memory;
+        m.mem.context.line_id = m.rules.line_id.clone();
+        m.buckets.minutes.extend(minutes);
+        m.buckets.minutes.extend(
+            open.into_iter()
+                .chain(std::mem::take(&mut m.mem.open_minutes)),
+        );
+    }
+
+    /// Closes what is open on equipment that a reload removes (`codes` not in the new
+    /// configuration): open downtime ends with `closed_by = "reload"`, open andons resolve with
+    /// `resolved_by = "reload"`, at `now_ms`. Codes this engine does not know are ignored.
+    pub fn retire(&mut self, codes: &[String], now_ms: i64) -> Vec<Event> {
+        let cal = &self.calendar;
+        self.machines
+            .iter_mut()
+            .filter(|m| codes.contains(&m.rules.code))
+            .flat_map(|m| m.retire(now_ms, "reload", cal))
+            .collect()
+    }
+
     /// Feeds one poll of `plc` stamped `at_ms`.
     pub fn on_poll(&mut self, plc: &str, at_ms: i64, input: &PollInput) -> Vec<Event> {
         let mut events = Vec::new();
@@ -241,6 +271,74 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// What `status` shows of one equipment, from its persisted memory and minute buckets: open
+/// downtime with its reason, open andons with their level, the production context and the
+/// current shift's A/P/Q/OEE against the targets.
+pub fn summary(
+    config: &Config,
+    code: &str,
+    memory: Option<Memory>,
+    minutes: Vec<(i64, oee::Bucket)>,
+    now_ms: i64,
+) -> serde_json::Value {
+    use crate::clock::rfc3339_ms;
+    use serde_json::json;
+    let Some(equipment) = config.equipment.iter().find(|e| e.code == code) else {
+        return serde_json::Value::Null;
+    };
+    let Some(mut memory) = memory else {
+        return json!({ "open_downtime": null, "andons": [], "context": null, "oee": null });
+    };
+    let mut m = Machine::new(Rules::new(equipment), now_ms);
+    m.buckets.minutes.extend(minutes);
+    m.buckets
+        .minutes
+        .extend(std::mem::take(&mut memory.open_minutes));
+    m.mem = memory;
+    let cal = Calendar::new(
+        &config.gateway.timezone,
+        &config.shifts,
+        &config.planned_stops,
+    );
+    let open = m.mem.stop.as_ref().map(|s| {
+        json!({
+            "downtime_id": s.downtime_id,
+            "started_at": rfc3339_ms(s.start_ms),
+            "duration_s": (now_ms - s.start_ms).max(0) as f64 / 1000.0,
+            "reason_code": s.reason.code,
+            "reason": s.reason.description,
+            "category": s.reason.category,
+            "minor_so_far": s.downtime_id.is_none(),
+        })
+    });
+    let andons: Vec<_> = m
+        .mem
+        .andons
+        .iter()
+        .map(|a| {
+            json!({
+                "andon_id": a.andon_id,
+                "cause": a.cause,
+                "priority": a.priority,
+                "level": a.level,
+                "reason_code": a.reason_code,
+                "description": a.description,
+                "raised_at": rfc3339_ms(a.raised_ms),
+                "acknowledged_by": a.acknowledged_by,
+            })
+        })
+        .collect();
+    let oee = cal
+        .shift_at(now_ms)
+        .and_then(|shift| m.shift_figures(&shift, now_ms));
+    json!({
+        "open_downtime": open,
+        "andons": andons,
+        "context": m.mem.context.to_json(),
+        "oee": oee,
+    })
 }
 
 #[cfg(test)]

@@ -1170,3 +1170,76 @@ mod properties {
         }
     }
 }
+
+#[test]
+fn a_reload_that_removes_equipment_closes_its_downtime_and_andons_by_reload() {
+    let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+    d.run(10, true, [0, 0]);
+    d.run(400, false, [1, 0]);
+    assert_eq!(d.named("andon.raised").len(), 1);
+    let started = d.named("downtime.started");
+    assert_eq!(started.len(), 1);
+    let at = d.t;
+    let code = d.engine.codes()[0].clone();
+    let events = d.engine.retire(std::slice::from_ref(&code), at);
+    let ended: Vec<_> = events
+        .iter()
+        .filter(|e| e.name() == "downtime.ended")
+        .collect();
+    assert_eq!(ended.len(), 1, "{events:?}");
+    let Event::DowntimeEnded { record, at_ms, .. } = ended[0] else {
+        unreachable!()
+    };
+    assert_eq!(*at_ms, at);
+    assert_eq!(record.closed_by.as_deref(), Some("reload"));
+    assert_eq!(
+        serde_json::json!(record.downtime_id),
+        started[0].1["downtime_id"]
+    );
+    let resolved: Vec<_> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::AndonResolved { resolved_by, .. } => Some(resolved_by.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(resolved, vec!["reload"]);
+    assert!(
+        d.engine.retire(&[code], at + 1000).is_empty(),
+        "nothing is left open to close twice"
+    );
+}
+
+#[test]
+fn resuming_memory_after_a_reload_keeps_open_downtime_and_sends_nothing_offline() {
+    let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+    d.run(10, true, [0, 0]);
+    d.run(400, false, [1, 0]);
+    let code = d.engine.codes()[0].clone();
+    let memory: machine::Memory = serde_json::from_str(
+        &d.engine
+            .memories()
+            .into_iter()
+            .find(|(c, _)| *c == code)
+            .unwrap()
+            .1,
+    )
+    .unwrap();
+    let before = d.engine.machine(&code).unwrap().mem.clone();
+    let mut fresh = Engine::new(&line_config(), d.t);
+    fresh.resume_memory(&code, memory, Vec::new());
+    let after = &fresh.machine(&code).unwrap().mem;
+    assert_eq!(after.state, before.state);
+    assert_eq!(after.stop, before.stop, "the open downtime carries on");
+    assert_eq!(after.andons, before.andons);
+    d.engine = fresh;
+    let seen = d.events.len();
+    d.run(5, false, [1, 0]);
+    assert!(
+        d.events[seen..].iter().all(|e| e.name() != "state.changed"
+            && e.name() != "downtime.ended"
+            && e.name() != "andon.resolved"),
+        "{:?}",
+        &d.events[seen..]
+    );
+}

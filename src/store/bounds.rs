@@ -93,6 +93,13 @@ pub struct DropRange {
     pub last_at: String,
 }
 
+impl DropRange {
+    /// `outbox_full` or `disk_full`.
+    pub fn reason_name(&self) -> &'static str {
+        self.reason.as_str()
+    }
+}
+
 /// Totals and the most recent ranges, for `status` and `P/status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct DropReport {

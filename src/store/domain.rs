@@ -275,3 +275,17 @@ impl super::Store {
         ))
     }
 }
+
+impl super::ReadOnly {
+    /// What the daemon last persisted of one equipment (for `status`).
+    pub fn engine_state(
+        &self,
+        code: &str,
+        minutes_since_ms: i64,
+    ) -> Result<EngineState, StoreError> {
+        Ok((
+            load_memory(&self.conn, code)?,
+            load_minutes(&self.conn, code, minutes_since_ms)?,
+        ))
+    }
+}

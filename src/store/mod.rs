@@ -439,6 +439,15 @@ impl Store {
         &self.path
     }
 
+    /// Rows waiting in the outbox (for the daemon's systemd `STATUS=` line; a `count(*)`, so
+    /// the caller rate-limits it).
+    pub fn outbox_depth(&self) -> Result<u64, StoreError> {
+        let n: i64 = self
+            .conn
+            .query_row("SELECT count(*) FROM outbox", [], |r| r.get(0))?;
+        Ok(n.max(0) as u64)
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits

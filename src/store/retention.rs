@@ -132,3 +132,72 @@ pub fn prune_step(
     tx.commit()?;
     Ok(report)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Store, DB_FILE, PRUNE_BUDGET};
+
+    const DAY: i64 = 86_400_000;
+    const NOW: i64 = 1_800_000_000_000;
+
+    fn count(db: &Connection, sql: &str) -> i64 {
+        db.query_row(sql, [], |r| r.get(0)).unwrap()
+    }
+
+    #[test]
+    fn expired_rows_go_in_bounded_steps_and_recent_or_open_rows_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let db = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        // Defaults: telemetry 7 days, events 90 days.
+        for i in 0..1200 {
+            db.execute(
+                "INSERT INTO samples (equipment, time_ms, data) VALUES ('E1', ?1, '{}')",
+                [NOW - 8 * DAY - i],
+            )
+            .unwrap();
+        }
+        db.execute(
+            "INSERT INTO samples (equipment, time_ms, data) VALUES ('E1', ?1, '{}')",
+            [NOW - 6 * DAY],
+        )
+        .unwrap();
+        db.execute_batch(&format!(
+            "INSERT INTO state_intervals (equipment, state, start_ms, end_ms) VALUES
+               ('E1', 'running', {old}, {old_end}),
+               ('E1', 'stopped', {old}, NULL),
+               ('E1', 'running', {recent}, {recent})",
+            old = NOW - 200 * DAY,
+            old_end = NOW - 100 * DAY,
+            recent = NOW - 10 * DAY,
+        ))
+        .unwrap();
+
+        let mut steps = Vec::new();
+        loop {
+            let r = store.prune_step(NOW).unwrap();
+            assert!(
+                r.deleted as usize <= PRUNE_BUDGET,
+                "a step is bounded: {r:?}"
+            );
+            steps.push(r.deleted);
+            if !r.more {
+                break;
+            }
+            assert!(steps.len() < 10, "pruning terminates: {steps:?}");
+        }
+        assert_eq!(steps.iter().sum::<u64>(), 1201, "{steps:?}");
+        assert!(steps.len() >= 3, "1201 rows take several steps: {steps:?}");
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM samples"),
+            1,
+            "the 6-day sample stays"
+        );
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM state_intervals"),
+            2,
+            "the open and the recent interval stay"
+        );
+    }
+}

@@ -10,8 +10,11 @@
 //!   string `request_id`, a well-formed equipment segment and a command name. Whether the
 //!   equipment exists and the command applies is the engine's business.
 //! - **Rate-limited per equipment.** A token bucket per equipment ([`BURST`] commands at once,
-//!   [`PER_SECOND`] sustained) so a runaway client cannot flood the core; the table of buckets
-//!   is bounded ([`MAX_BUCKETS`]) so random equipment names cannot grow memory.
+//!   [`PER_SECOND`] sustained) so a runaway client cannot flood the core; every command on
+//!   the topic counts, malformed or not (malformed equipment codes share one bucket), and the
+//!   table of buckets is bounded ([`MAX_BUCKETS`]) so random equipment names cannot grow
+//!   memory. Under a flood the replies themselves are best effort: when rumqttc's request
+//!   queue is full a reply is dropped (logged, counted) rather than the session torn down.
 //! - **Retained copies are refused.** A retained command would be replayed by the broker at
 //!   every (re)subscription; SPEC §6 treats retained re-deliveries as old copies.
 //! - Every refusal carries the reason the reply will name; a refused command never reaches the
@@ -77,6 +80,29 @@ impl CommandGuard {
         else {
             return Verdict::Ignore;
         };
+        let (equipment, command) = match path.split_once('/') {
+            Some((e, c)) => (e, c),
+            None => (path, ""),
+        };
+        // Every command counts against its equipment's bucket, well-formed or not, before any
+        // parsing: a flood of garbage costs no more than a flood of valid commands.
+        let bucket = if valid_name(equipment) {
+            equipment
+        } else {
+            "<malformed>"
+        };
+        if !self.take_token(bucket, now) {
+            return Verdict::Reject {
+                request_id: if payload.len() > MAX_COMMAND_BYTES {
+                    Value::Null
+                } else {
+                    request_id_of(payload)
+                },
+                error: format!(
+                    "rate limited: more than {PER_SECOND} commands per second for {bucket}"
+                ),
+            };
+        }
         if payload.len() > MAX_COMMAND_BYTES {
             return Verdict::Reject {
                 request_id: Value::Null,
@@ -101,10 +127,6 @@ impl CommandGuard {
         if retain {
             return reject("retained command refused: a retained copy is an old command".into());
         }
-        let (equipment, command) = match path.split_once('/') {
-            Some((e, c)) => (e, c),
-            None => (path, ""),
-        };
         if !valid_name(equipment) {
             return reject(format!("malformed topic: bad equipment code {equipment:?}"));
         }
@@ -122,11 +144,6 @@ impl CommandGuard {
                 return reject("malformed command: request_id must be a non-empty string".into())
             }
             None => return reject("malformed command: request_id is required".into()),
-        }
-        if !self.take_token(equipment, now) {
-            return reject(format!(
-                "rate limited: more than {PER_SECOND} commands per second for {equipment}"
-            ));
         }
         Verdict::Accept {
             path: path.to_string(),
@@ -303,6 +320,19 @@ mod tests {
         // One refill interval later one more is allowed.
         let v = g.check(P, "ms5/gw/cmd/E1/a", body, false, t0 + refill_interval());
         assert!(matches!(v, Verdict::Accept { .. }), "{v:?}");
+    }
+
+    #[test]
+    fn a_flood_of_garbage_is_rate_limited_like_valid_commands() {
+        let mut g = CommandGuard::default();
+        let t0 = Instant::now();
+        let limited = (0..100)
+            .map(|_| g.check(P, "ms5/gw/cmd/E1/a", b"garbage", false, t0))
+            .filter(
+                |v| matches!(v, Verdict::Reject { error, .. } if error.contains("rate limited")),
+            )
+            .count();
+        assert_eq!(limited, 100 - BURST as usize);
     }
 
     #[test]

@@ -514,7 +514,13 @@ impl Session<'_> {
                     tracing::warn!(topic = %p.topic, bytes = p.payload.len(), %error, "command refused");
                     self.stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
                     let reply = guard::reply(&request_id, &error);
-                    self.publish("reply", QoS::AtLeastOnce, false, reply, Tag::Other)?;
+                    // Best effort under a flood: a full request queue drops the reply, never
+                    // the session.
+                    if let Err(e) =
+                        self.publish("reply", QoS::AtLeastOnce, false, reply, Tag::Other)
+                    {
+                        tracing::debug!(error = %e, "command reply dropped: request queue full");
+                    }
                 }
             }
             _ => {}

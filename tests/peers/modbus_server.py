@@ -5,6 +5,11 @@ Usage: python modbus_server.py PORT UNIT_ID SPEC_JSON
 SPEC_JSON is a list of {"table": "co|di|ir|hr", "address": N, "type": "u16|i16|u32|i32|u64|i64|
 f32|f64|bool", "order": "ABCD|CDAB|BADC|DCBA", "values": [..]} (consecutive elements for arrays),
 or {"table": "hr|ir", "address": N, "raw": [word, ...]} for registers set word by word.
+Every table holds addresses 0..1999; a read beyond that draws an illegal-address exception.
+Only device UNIT_ID exists: a request for another unit id draws a gateway exception (0x0B).
+
+Every request received is printed on stdout, flushed before the answer is sent, as
+`REQUEST unit=U fc=F address=A count=C`, so a test can count the requests a poll made.
 
 The encoding here is written from SPEC §2/§6 directly, with Python's `struct`, and shares no
 code with the gateway: bytes A..H are the big-endian value; CDAB/DCBA reverse the register order;
@@ -69,7 +74,20 @@ async def main():
         hr=ModbusSequentialDataBlock(1, t["hr"]),
     )
     context = ModbusServerContext(devices={unit: device}, single=False)
-    await StartAsyncTcpServer(context=context, address=("127.0.0.1", port))
+    await StartAsyncTcpServer(
+        context=context, address=("127.0.0.1", port), trace_pdu=trace_request
+    )
+
+
+def trace_request(sending, pdu):
+    """Logs each received request (the hook sees answers too: `sending` is then true)."""
+    if not sending:
+        print(
+            f"REQUEST unit={pdu.dev_id} fc={pdu.function_code} "
+            f"address={getattr(pdu, 'address', '?')} count={getattr(pdu, 'count', '?')}",
+            flush=True,
+        )
+    return pdu
 
 
 if __name__ == "__main__":
