@@ -115,6 +115,7 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
     let config = dir.path().join("ms5-edge.toml");
     std::fs::write(&config, &text).unwrap();
     let daemon = DaemonProcess::start(&config, &dir.path().join("daemon.log"));
+    eprintln!("daemon log: {}", daemon.log.display());
 
     sub.wait(
         "downtime and andon for the bagger",
