@@ -3,53 +3,22 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use common::line::{hold_running, line, Line, BAGGER, PREFIX};
 use common::{assert_gapless, wait_for, Broker, DaemonProcess, Subscriber};
 use ms5_edge::daemon::{self, Observers};
 use ms5_edge::engine::MachineState;
-use ms5_edge::sim::{self, Machine, Override, SimHandle};
 use ms5_edge::store::ReadOnly;
 use tokio::sync::watch;
 
-const PREFIX: &str = "ms5/bp01-demo";
-const BAGGER: &str = "BP01.PACK.BAG1";
-
-struct Line {
-    bagger: SimHandle,
-    loader: SimHandle,
-}
-
-async fn line() -> Line {
-    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    Line {
-        bagger: sim::start(Machine::Bagger, any).await.expect("bagger sim"),
-        loader: sim::start(Machine::Loader, any).await.expect("loader sim"),
-    }
-}
-
 fn config_text(line: &Line, data_dir: &std::path::Path, broker: &Broker) -> String {
-    ms5_edge::demo::config_text(
-        line.bagger.addr().port(),
-        line.loader.addr().port(),
-        &data_dir.display().to_string(),
-        Some(&broker.url()),
-    )
+    common::line::config_text(line, data_dir, Some(&broker.url()), "")
 }
 
 fn config(line: &Line, data_dir: &std::path::Path, broker: &Broker) -> ms5_edge::config::Config {
-    ms5_edge::config::load_str(&config_text(line, data_dir, broker), "test.toml")
-        .expect("test config is valid")
-        .config
-}
-
-fn hold_running(running: bool) -> Override {
-    Override {
-        running: Some(running),
-        ..Override::default()
-    }
+    common::line::config(&config_text(line, data_dir, broker))
 }
 
 fn state_events(events: &[serde_json::Value], equipment: &str) -> Vec<(String, String)> {

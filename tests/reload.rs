@@ -141,10 +141,10 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
         events_of(&sub, "ms5.downtime.started", BAGGER)[0]["data"]["downtime_id"].clone();
     let andon_id = events_of(&sub, "ms5.andon.raised", BAGGER)[0]["data"]["andon_id"].clone();
 
-    // A valid change: the bagger is polled every 250 ms instead of 500 ms.
-    let faster = text.replacen("poll_interval_ms = 500", "poll_interval_ms = 250", 1);
-    assert_ne!(faster, text);
-    reload(&daemon, &config, &faster);
+    // A valid change: the bagger is polled every 1000 ms instead of 500 ms.
+    let slower = text.replacen("poll_interval_ms = 500", "poll_interval_ms = 1000", 1);
+    assert_ne!(slower, text);
+    reload(&daemon, &config, &slower);
     wait_for("the reload to apply", Duration::from_secs(20), || {
         pipelines_started(&daemon) == 2
     })
@@ -187,7 +187,7 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
     reload(
         &daemon,
         &config,
-        &faster.replacen("poll_interval_ms = 250", "poll_interval_ms = \"fast\"", 1),
+        &slower.replacen("poll_interval_ms = 1000", "poll_interval_ms = \"fast\"", 1),
     );
     wait_for("the rejected reload", Duration::from_secs(20), || {
         daemon

@@ -1122,7 +1122,7 @@ mod properties {
         fn oee_figures_stay_in_range_and_obey_the_identity(steps in proptest::collection::vec(step(), 1..25)) {
             let d = play(&steps);
             let m = d.engine.machine("BAG1").unwrap();
-            for (_, b) in &m.buckets.minutes {
+            for b in m.buckets.minutes.values() {
                 prop_assert_eq!(b.scheduled_ms, b.run_ms + b.unplanned_ms + b.planned_ms + b.offline_ms);
                 prop_assert!(b.minor_stop_ms <= b.run_ms);
                 prop_assert!(b.scheduled_ms <= 60_000, "a minute holds at most 60 s: {:?}", b);

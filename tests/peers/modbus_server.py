@@ -6,7 +6,8 @@ SPEC_JSON is a list of {"table": "co|di|ir|hr", "address": N, "type": "u16|i16|u
 f32|f64|bool", "order": "ABCD|CDAB|BADC|DCBA", "values": [..]} (consecutive elements for arrays),
 or {"table": "hr|ir", "address": N, "raw": [word, ...]} for registers set word by word.
 Every table holds addresses 0..1999; a read beyond that draws an illegal-address exception.
-Only device UNIT_ID exists: a request for another unit id draws a gateway exception (0x0B).
+Only device UNIT_ID exists: a request for another unit id draws an exception (pymodbus 3.16
+answers "device failure", 0x04), never another unit's values.
 
 Every request received is printed on stdout, flushed before the answer is sent, as
 `REQUEST unit=U fc=F address=A count=C`, so a test can count the requests a poll made.
