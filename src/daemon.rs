@@ -54,6 +54,10 @@ use crate::config::Config;
 use crate::engine::{Engine, Event, MachineView, PollInput};
 use crate::notify::{Liveness, Notifier};
 use crate::store::{Batch, Store, StoreError};
+
+/// Events per transaction while the database is full: small enough to fit in the space a few
+/// acknowledged outbox rows free.
+const FULL_CHUNK: usize = 16;
 use crate::uplink::{self, InboundCommand, LiveMessage, UplinkStats};
 
 /// Memory queue for events that could not be committed (disk full): at least 10 000 (SPEC §6).
@@ -636,13 +640,52 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 pending.clear();
             }
             Err(e) => {
-                if !reported_full {
-                    tracing::error!(error = %e, queued = pending.len(), "cannot commit to the database; keeping events in memory and polling on");
-                    reported_full = true;
+                // A full database frees space a little at a time (acknowledged outbox rows,
+                // retention): commit what fits now, oldest first, in small chunks, so a
+                // backlog larger than the space just freed still drains. The engine's memory
+                // goes with the last chunk only, never ahead of the events it explains.
+                let mut committed = 0;
+                if matches!(e, StoreError::Full(_)) {
+                    while committed < pending.len() {
+                        let end = (committed + FULL_CHUNK).min(pending.len());
+                        let chunk = Batch {
+                            events: &pending[committed..end],
+                            telemetry_to_outbox: to_outbox,
+                            health: Vec::new(),
+                            heartbeat_ms: p.clock.now_ms(),
+                            memories: if end == pending.len() {
+                                engine.memories()
+                            } else {
+                                Vec::new()
+                            },
+                        };
+                        match p.store.commit(&chunk) {
+                            Ok(seqs) => {
+                                if let Some(max) = seqs.iter().max() {
+                                    last_seq = *max;
+                                    p.notify.notify_one();
+                                }
+                                committed = end;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    pending.drain(..committed);
                 }
-                // Shed telemetry first, oldest first, then the oldest of anything; counted.
-                let lost = crate::store::pending::shed(&mut pending, PENDING_CAP);
-                p.store.note_losses(lost);
+                if pending.is_empty() {
+                    if reported_full {
+                        tracing::info!("database accepts writes again; queued events committed");
+                        reported_full = false;
+                    }
+                } else {
+                    if !reported_full {
+                        tracing::error!(error = %e, queued = pending.len(), "cannot commit to the database; keeping events in memory and polling on");
+                        reported_full = true;
+                    }
+                    // Shed telemetry first, oldest first, then the oldest of anything; counted.
+                    let lost = crate::store::pending::shed(&mut pending, PENDING_CAP);
+                    p.store.note_losses(lost);
+                }
             }
         }
 
