@@ -791,19 +791,45 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
 }
 
 fn describe_event(e: &Event) -> String {
+    let at = rfc3339_ms(e.at_ms());
+    let eq = e.equipment();
     match e {
-        Event::StateChanged {
-            equipment,
-            from,
-            to,
-            at_ms,
-        } => format!("{} {equipment}: {from} → {to}", rfc3339_ms(*at_ms)),
-        other => format!(
-            "{} {}: {}",
-            rfc3339_ms(other.at_ms()),
-            other.equipment(),
-            other.name()
+        Event::StateChanged { from, to, .. } => format!("{at} {eq}: {from} → {to}"),
+        Event::DowntimeStarted { record, .. } => format!(
+            "{at} {eq}: downtime started ({} {}, since {})",
+            record.reason.code,
+            record.reason.category,
+            rfc3339_ms(record.start_ms)
         ),
+        Event::DowntimeEnded { record, .. } => format!(
+            "{at} {eq}: {} ended after {:.1} s ({})",
+            if record.minor {
+                "minor stop"
+            } else {
+                "downtime"
+            },
+            (record.end_ms.unwrap_or(record.start_ms) - record.start_ms) as f64 / 1000.0,
+            record.reason.code
+        ),
+        Event::AndonRaised { andon, .. } => format!(
+            "{at} {eq}: ANDON {} {} ({})",
+            andon.priority, andon.reason_code, andon.description
+        ),
+        Event::AndonEscalated { level, .. } => {
+            format!("{at} {eq}: andon escalated to level {level}")
+        }
+        Event::AndonResolved { resolved_by, .. } => {
+            format!("{at} {eq}: andon resolved by {resolved_by}")
+        }
+        Event::OeeSnapshot { data, .. } => format!(
+            "{at} {eq}: shift {} OEE {}",
+            data["shift"].as_str().unwrap_or("-"),
+            data["oee"]
+                .as_f64()
+                .map(|v| format!("{:.1} %", v * 100.0))
+                .unwrap_or_else(|| "-".into())
+        ),
+        other => format!("{at} {eq}: {}", other.name()),
     }
 }
 
