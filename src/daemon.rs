@@ -58,6 +58,9 @@ use crate::store::{Batch, Store, StoreError};
 /// Events per transaction while the database is full: small enough to fit in the space a few
 /// acknowledged outbox rows free.
 const FULL_CHUNK: usize = 16;
+
+/// Longest time the persisted engine memory may lag when nothing but telemetry happened.
+const MEMORY_EVERY_MS: i64 = 1_000;
 use crate::uplink::{self, InboundCommand, LiveMessage, UplinkStats};
 
 /// Memory queue for events that could not be committed (disk full): at least 10 000 (SPEC §6).
@@ -501,6 +504,7 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
     let mut last_status_line = String::new();
     let mut reported_stall: Vec<String> = Vec::new();
     let mut last_tick_ms = i64::MIN;
+    let mut last_memory_ms = i64::MIN / 2;
     let mut health: BTreeMap<String, (i64, PlcCounters)> = BTreeMap::new();
     let mut commands_open = true;
     let mut last_seq = 0i64;
@@ -608,6 +612,17 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
             }
         }
 
+        // The engine's memory is written with every batch that carries an event other than
+        // telemetry (so it never lags the events it explains), and otherwise at most once a
+        // second: a memory and its open minute buckets are saved together, so a snapshot up to
+        // a second old loses no count after a crash, it only re-derives it. This keeps SD-card
+        // writes at fast poll rates an order of magnitude lower.
+        let now_ms = p.clock.now_ms();
+        let save_memory = closed
+            || now_ms >= last_memory_ms + MEMORY_EVERY_MS
+            || pending
+                .iter()
+                .any(|e| !matches!(e, Event::Telemetry { .. }));
         let batch = Batch {
             events: &pending,
             telemetry_to_outbox: to_outbox,
@@ -615,11 +630,18 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 .iter()
                 .map(|r| (r.plc.clone(), r.scheduled_ms, r.counters.clone()))
                 .collect(),
-            heartbeat_ms: p.clock.now_ms(),
-            memories: engine.memories(),
+            heartbeat_ms: now_ms,
+            memories: if save_memory {
+                engine.memories()
+            } else {
+                Vec::new()
+            },
         };
         match p.store.commit(&batch) {
             Ok(seqs) => {
+                if save_memory {
+                    last_memory_ms = now_ms;
+                }
                 if reported_full {
                     tracing::info!("database accepts writes again; queued events committed");
                     reported_full = false;
