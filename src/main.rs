@@ -109,7 +109,7 @@ fn print_errors(errors: &ConfigErrors) {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match config::load_file(path) {
         Ok(loaded) => {
-            for w in &loaded.warnings {
+            for w in loaded.warnings.iter().chain(&loaded.advisories) {
                 eprintln!("warning: {w}");
             }
             let c = &loaded.config;
@@ -186,7 +186,12 @@ async fn wait_for_signal() {
 /// names must exist), else every error logged and `None` (the running configuration stays).
 fn reload_config(path: &std::path::Path, notifier: &ms5_edge::notify::Notifier) -> Option<Config> {
     let problems = match config::load_file(path) {
-        Ok(loaded) if loaded.warnings.is_empty() => return Some(loaded.config),
+        Ok(loaded) if loaded.warnings.is_empty() => {
+            for a in &loaded.advisories {
+                tracing::warn!(warning = %a, "configuration");
+            }
+            return Some(loaded.config);
+        }
         Ok(loaded) => loaded.warnings,
         Err(errors) => errors.0,
     };
@@ -225,6 +230,9 @@ fn run(path: &std::path::Path) -> ExitCode {
     if !loaded.warnings.is_empty() {
         print_errors(&ConfigErrors(loaded.warnings));
         return ExitCode::from(2);
+    }
+    for a in &loaded.advisories {
+        eprintln!("warning: {a}");
     }
     let path = path.to_path_buf();
     let result = runtime().and_then(|rt| {

@@ -75,6 +75,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 
 use super::{
+    MqttProtocol, MqttUrl,
     AndonRules, ByteOrder, Config, DataType, Equipment, EquipmentType, Fault, FaultCategory,
     Gateway, ModbusAddress, Mqtt, OeeTargets, PlannedStop, Plc, Protocol, Severity, Shift, Signal,
     SignalSource, Signals, Storage, Telemetry,
@@ -153,6 +154,10 @@ pub struct Loaded {
     /// Files the config names that cannot be read now (secrets, certificates). Not fatal for
     /// `check-config`; `run` refuses to start on any of them.
     pub warnings: Vec<ConfigError>,
+    /// Settings that work but deserve a second look (a poll timeout longer than the poll
+    /// interval, a password over plain TCP, MQTT 3.1.1's silent refusals): printed by
+    /// `check-config`, logged by `run`, never fatal.
+    pub advisories: Vec<ConfigError>,
 }
 
 /// Reads and compiles the file at `path`. Relative paths inside it resolve against its directory.
@@ -228,10 +233,16 @@ fn compile_text(text: &str, file: &str, base: Option<PathBuf>) -> Result<Loaded,
     let config = Compiler { cx: &mut cx, base }.config(&root);
     let mut errors = cx.errors;
     let mut warnings = cx.warnings;
+    let mut advisories = cx.advisories;
     errors.sort_by_key(|e| (e.line, e.column));
     warnings.sort_by_key(|e| (e.line, e.column));
+    advisories.sort_by_key(|e| (e.line, e.column));
     match config {
-        Some(config) if errors.is_empty() => Ok(Loaded { config, warnings }),
+        Some(config) if errors.is_empty() => Ok(Loaded {
+            config,
+            warnings,
+            advisories,
+        }),
         _ if errors.is_empty() => {
             // Every path that drops a value records an error first; this is a guard, not a path.
             Err(ConfigErrors(vec![ConfigError {
@@ -641,6 +652,11 @@ impl Compiler<'_, '_> {
                 "client_key_file",
                 "keep_alive_s",
                 "max_inflight",
+                "failover_urls",
+                "protocol",
+                "max_packet_kb",
+                "reconnect_max_s",
+                "return_to_primary_s",
             ],
         );
         let url = self
@@ -653,10 +669,64 @@ impl Compiler<'_, '_> {
                     None
                 }
             });
-        let client_id = self
+        let client_id = match self.cx.text(t, "client_id", Need::Optional) {
+            None => format!("ms5-edge-{gateway_id}"),
+            Some(id) => {
+                let ok = id.len() <= 128
+                    && !id.is_empty()
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+                if !ok {
+                    self.cx.error_hint(
+                        &t.span_of("client_id"),
+                        &t.path_of("client_id"),
+                        format!(
+                            "client_id \"{id}\" must be 1 to 128 bytes of A-Z a-z 0-9 . _ - \
+                             ({} bytes given)",
+                            id.len()
+                        ),
+                        Some("leave it out for the default \"ms5-edge-\" + gateway.id".into()),
+                    );
+                }
+                id
+            }
+        };
+        let failover_urls = self.failover_urls(t);
+        let protocol = match self.cx.int(t, "protocol", Need::Optional, 3..=5) {
+            None | Some(5) => MqttProtocol::V5,
+            Some(3) => {
+                self.cx.advise(
+                    &t.span_of("protocol"),
+                    &t.path_of("protocol"),
+                    "with MQTT 3.1.1 a broker that refuses a publish (ACL, quota) still \
+                     acknowledges it: refused events are indistinguishable from deliveries",
+                    Some("use protocol = 5 unless the broker is too old for MQTT 5".into()),
+                );
+                MqttProtocol::V311
+            }
+            Some(_) => {
+                self.cx.error_hint(
+                    &t.span_of("protocol"),
+                    &t.path_of("protocol"),
+                    "protocol must be 5 (MQTT 5.0) or 3 (MQTT 3.1.1)",
+                    None,
+                );
+                MqttProtocol::V5
+            }
+        };
+        let max_packet_kb = self
             .cx
-            .text(t, "client_id", Need::Optional)
-            .unwrap_or_else(|| format!("ms5-edge-{gateway_id}"));
+            .int(t, "max_packet_kb", Need::Optional, 1..=65536)
+            .unwrap_or(256) as u32;
+        let reconnect_max_s = self
+            .cx
+            .int(t, "reconnect_max_s", Need::Optional, 1..=600)
+            .unwrap_or(5) as u64;
+        let return_to_primary_s = self
+            .cx
+            .int(t, "return_to_primary_s", Need::Optional, 0..=86400)
+            .unwrap_or(300) as u64;
         let topic_prefix = match self.cx.text(t, "topic_prefix", Need::Optional) {
             None => format!("ms5/{gateway_id}"),
             Some(p) => {
@@ -683,6 +753,16 @@ impl Compiler<'_, '_> {
         };
         let username = self.cx.text(t, "username", Need::Optional);
         let password_file = self.readable_file(t, "password_file");
+        if let (Some(u), true) = (&url, t.has("password_file")) {
+            if !u.tls {
+                self.cx.advise(
+                    &t.span_of("password_file"),
+                    &t.path_of("password_file"),
+                    "the MQTT password is sent unencrypted: the url is mqtt:// (plain TCP)",
+                    Some("use an mqtts:// url so the password cannot be read off the network".into()),
+                );
+            }
+        }
         let ca_file = self.readable_file(t, "ca_file");
         let client_cert_file = self.readable_file(t, "client_cert_file");
         let client_key_file = self.readable_file(t, "client_key_file");
@@ -732,7 +812,35 @@ impl Compiler<'_, '_> {
             client_key_file,
             keep_alive_s,
             max_inflight,
+            failover_urls,
+            protocol,
+            max_packet_kb,
+            reconnect_max_s,
+            return_to_primary_s,
         })
+    }
+
+    /// `mqtt.failover_urls`: brokers tried in order after `url`, with the same TLS settings.
+    fn failover_urls(&mut self, t: &Table<'_, '_>) -> Vec<MqttUrl> {
+        let Some(v) = t.get("failover_urls") else {
+            return Vec::new();
+        };
+        let path = t.path_of("failover_urls");
+        let Some(items) = self.cx.as_array(v, &path) else {
+            return Vec::new();
+        };
+        let mut urls = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let Some(s) = self.cx.as_str(item, &item_path) else {
+                continue;
+            };
+            match parse_mqtt_url(&s) {
+                Ok(u) => urls.push(u),
+                Err(p) => self.problem(&item.span(), &item_path, p),
+            }
+        }
+        urls
     }
 
     fn storage(&mut self, t: &Table<'_, '_>) -> Storage {

@@ -75,6 +75,49 @@ pub struct Mqtt {
     pub client_key_file: Option<PathBuf>,
     pub keep_alive_s: u64,
     pub max_inflight: u16,
+    /// Tried in order after `url` when the current broker is unreachable (same TLS settings).
+    pub failover_urls: Vec<MqttUrl>,
+    pub protocol: MqttProtocol,
+    /// Largest packet sent or accepted, KiB (1024 bytes); announced as Maximum Packet Size.
+    pub max_packet_kb: u32,
+    /// Cap of the reconnect backoff.
+    pub reconnect_max_s: u64,
+    /// On a failover broker, try `url` again after this long; 0 = stay.
+    pub return_to_primary_s: u64,
+}
+
+impl Mqtt {
+    /// `url` followed by `failover_urls`: the order brokers are tried in.
+    pub fn brokers(&self) -> Vec<MqttUrl> {
+        std::iter::once(self.url.clone())
+            .chain(self.failover_urls.iter().cloned())
+            .collect()
+    }
+
+    /// `max_packet_kb` in bytes.
+    pub fn max_packet_bytes(&self) -> usize {
+        self.max_packet_kb as usize * 1024
+    }
+}
+
+/// `mqtt.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MqttProtocol {
+    /// MQTT 5.0 (the default): PUBACK reason codes, Maximum Packet Size, session expiry.
+    V5,
+    /// MQTT 3.1.1, for brokers too old for 5.0.
+    V311,
+}
+
+impl MqttUrl {
+    /// `host:port`, as `P/status.broker` names it.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// A parsed broker URL: scheme decides TLS, port defaults per scheme (1883 / 8883).

@@ -162,6 +162,7 @@ pub(super) struct Ctx<'s> {
     lines: Lines<'s>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
+    pub advisories: Vec<ConfigError>,
 }
 
 impl<'s> Ctx<'s> {
@@ -171,6 +172,7 @@ impl<'s> Ctx<'s> {
             lines: Lines::new(text),
             errors: vec![],
             warnings: vec![],
+            advisories: vec![],
         }
     }
 
@@ -219,6 +221,18 @@ impl<'s> Ctx<'s> {
     ) {
         let w = self.make(span, key, message.into(), hint);
         self.warnings.push(w);
+    }
+
+    /// Records an advisory: printed by `check-config` (exit 0) and logged by `run`, never fatal.
+    pub fn advise(
+        &mut self,
+        span: &Span,
+        key: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        let w = self.make(span, key, message.into(), hint);
+        self.advisories.push(w);
     }
 
     /// Rejects every key of `t` not in `known`, suggesting the closest known key.
