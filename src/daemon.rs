@@ -591,20 +591,22 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 .iter()
                 .filter(|e| matches!(e, Event::Telemetry { .. }))
             {
-                let (_, _, topic, data, _) = crate::store::outbox::describe(e);
+                let (_, event_type, topic, data, _) = crate::store::outbox::describe(e);
+                let id = uuid::Uuid::now_v7().to_string();
+                let data = data.to_string();
                 let msg = LiveMessage {
                     topic,
-                    payload: serde_json::json!({
-                        "specversion": "1.0",
-                        "id": uuid::Uuid::now_v7().to_string(),
-                        "source": format!("ms5-edge/{}", p.config.gateway.id),
-                        "type": "ms5.telemetry",
-                        "time": rfc3339_ms(e.at_ms()),
-                        "datacontenttype": "application/json",
-                        "equipment": e.equipment(),
-                        "data": data,
-                    })
-                    .to_string(),
+                    payload: crate::cloudevents::frame(
+                        &p.config.gateway.id,
+                        None,
+                        &crate::cloudevents::Event {
+                            id: &id,
+                            event_type,
+                            time_ms: e.at_ms(),
+                            equipment: Some(e.equipment()),
+                            data: &data,
+                        },
+                    ),
                     qos: rumqttc::QoS::AtMostOnce,
                     retain: false,
                 };

@@ -12,6 +12,7 @@
 //! - [`acquire`]: one task per PLC on an absolute schedule; decodes raw registers into samples.
 //! - [`engine`]: pure domain logic — samples and time in, events and state out. No I/O.
 //! - [`store`]: SQLite; an event's domain rows and its outbox row commit in one transaction.
+//! - [`cloudevents`]: the CloudEvents 1.0 envelope of every message, in one place.
 //! - [`uplink`]: drains the outbox to MQTT, deleting a row only on the broker's PUBACK.
 //! - [`daemon`]: wires the pieces together; `run(config, shutdown)` is what the tests call;
 //!   `run_with_reload` adds SIGHUP reloads for `ms5-edge run`.
@@ -21,6 +22,7 @@
 
 pub mod acquire;
 pub mod clock;
+pub mod cloudevents;
 pub mod config;
 pub mod daemon;
 pub mod demo;

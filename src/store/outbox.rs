@@ -9,10 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusqlite::{params, Connection, Transaction};
-use serde::Serialize;
 
 use super::{StoreError, DB_FILE};
-use crate::clock::rfc3339_ms;
 use crate::engine::Event;
 
 /// Drop class for `max_outbox_mb` (SPEC §5): lower classes are dropped first.
@@ -39,41 +37,22 @@ pub struct OutboxRow {
 }
 
 impl OutboxRow {
-    /// The CloudEvents 1.0 JSON envelope of SPEC §4.
+    /// The CloudEvents 1.0 JSON envelope of SPEC §4 (framed by [`crate::cloudevents`]).
     pub fn envelope(&self, gateway_id: &str, stream: &str) -> String {
-        #[derive(Serialize)]
-        struct Envelope<'a> {
-            specversion: &'static str,
-            id: &'a str,
-            source: String,
-            #[serde(rename = "type")]
-            event_type: &'a str,
-            time: String,
-            datacontenttype: &'static str,
-            stream: &'a str,
-            seq: i64,
-            #[serde(skip_serializing_if = "Option::is_none")]
-            equipment: Option<&'a str>,
-            data: &'a serde_json::value::RawValue,
-        }
-        let null = serde_json::value::RawValue::from_string("null".into());
-        let data = serde_json::value::RawValue::from_string(self.data.clone());
-        let (Ok(data), Ok(null)) = (data, null) else {
-            return String::new();
-        };
-        let env = Envelope {
-            specversion: "1.0",
-            id: &self.id,
-            source: format!("ms5-edge/{gateway_id}"),
-            event_type: &self.event_type,
-            time: rfc3339_ms(self.time_ms),
-            datacontenttype: "application/json",
-            stream,
-            seq: self.seq,
-            equipment: self.equipment.as_deref(),
-            data: if self.data.is_empty() { &null } else { &data },
-        };
-        serde_json::to_string(&env).unwrap_or_default()
+        crate::cloudevents::frame(
+            gateway_id,
+            Some(crate::cloudevents::Position {
+                stream,
+                seq: self.seq,
+            }),
+            &crate::cloudevents::Event {
+                id: &self.id,
+                event_type: &self.event_type,
+                time_ms: self.time_ms,
+                equipment: self.equipment.as_deref(),
+                data: &self.data,
+            },
+        )
     }
 }
 
