@@ -121,7 +121,10 @@ mod tests {
 
     #[test]
     fn the_same_row_frames_to_the_same_bytes() {
-        let p = Some(Position { stream: "s", seq: 1 });
+        let p = Some(Position {
+            stream: "s",
+            seq: 1,
+        });
         assert_eq!(
             frame("gw", p, &event(r#"{"a":1}"#)),
             frame("gw", p, &event(r#"{"a":1}"#))

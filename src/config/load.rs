@@ -75,10 +75,9 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 
 use super::{
-    MqttProtocol, MqttUrl,
     AndonRules, ByteOrder, Config, DataType, Equipment, EquipmentType, Fault, FaultCategory,
-    Gateway, ModbusAddress, Mqtt, OeeTargets, PlannedStop, Plc, Protocol, Severity, Shift, Signal,
-    SignalSource, Signals, Storage, Telemetry,
+    Gateway, ModbusAddress, Mqtt, MqttProtocol, MqttUrl, OeeTargets, PlannedStop, Plc, Protocol,
+    Severity, Shift, Signal, SignalSource, Signals, Storage, Telemetry,
 };
 use syntax::{
     check_name, check_tag, fmt_hhmm, parse_hhmm, parse_modbus_address, parse_mqtt_url, Problem,
@@ -497,6 +496,35 @@ impl Compiler<'_, '_> {
             }
             equipment.push(e);
         }
+        // SPEC §7: every message an equipment can produce must fit in one packet.
+        if let Some(Some(m)) = &mqtt {
+            for (t, e) in eq_tables.iter().zip(&equipment) {
+                let Some(e) = e else { continue };
+                let topic = m.topic_prefix.len() + e.code.len() + "//telemetry".len();
+                let bytes = crate::uplink::client::publish_packet_size(
+                    topic,
+                    e.signals.widest_telemetry_data() + crate::cloudevents::ENVELOPE_OVERHEAD,
+                );
+                if bytes > m.max_packet_bytes() {
+                    self.cx.error_hint(
+                        &t.span,
+                        &t.path,
+                        format!(
+                            "equipment {}: its largest telemetry message (every signal at its \
+                             widest) is {bytes} bytes, over mqtt.max_packet_kb = {} ({} bytes)",
+                            e.code,
+                            m.max_packet_kb,
+                            m.max_packet_bytes()
+                        ),
+                        Some(
+                            "raise mqtt.max_packet_kb (and the broker's limit), or read fewer or \
+                             shorter arrays"
+                                .into(),
+                        ),
+                    );
+                }
+            }
+        }
         let plcs: Option<Vec<Plc>> = plcs.into_iter().collect();
         let equipment: Option<Vec<Equipment>> = equipment.into_iter().collect();
         let mqtt = match mqtt {
@@ -759,7 +787,9 @@ impl Compiler<'_, '_> {
                     &t.span_of("password_file"),
                     &t.path_of("password_file"),
                     "the MQTT password is sent unencrypted: the url is mqtt:// (plain TCP)",
-                    Some("use an mqtts:// url so the password cannot be read off the network".into()),
+                    Some(
+                        "use an mqtts:// url so the password cannot be read off the network".into(),
+                    ),
                 );
             }
         }

@@ -248,6 +248,34 @@ pub struct Signals {
 }
 
 impl Signals {
+    /// Bytes of the widest `telemetry` data this equipment can produce: every signal at its
+    /// widest JSON value (arrays in full), with its quality entry.
+    pub fn widest_telemetry_data(&self) -> usize {
+        let mut values = 2; // {}
+        let mut quality = 2;
+        for (name, s) in self.all() {
+            let element = match s.data_type {
+                _ if s.scale != 1.0 || s.offset != 0.0 => 24,
+                DataType::Bool => 5,
+                DataType::U16 => 5,
+                DataType::I16 | DataType::I8 => 6,
+                DataType::U32 => 10,
+                DataType::I32 => 11,
+                DataType::U64 | DataType::I64 => 20,
+                DataType::F32 | DataType::F64 => 24,
+            };
+            let value = if s.count > 1 {
+                2 + usize::from(s.count) * (element + 1)
+            } else {
+                element
+            };
+            values += name.len() + 3 + value + 1;
+            quality += name.len() + 3 + "\"stale\"".len() + 1;
+        }
+        // {"values":…,"quality":…}
+        values + quality + 24
+    }
+
     /// Every signal with the name it is published under, engine signals first.
     pub fn all(&self) -> Vec<(&str, &Signal)> {
         let mut v: Vec<(&str, &Signal)> = vec![("running", &self.running)];

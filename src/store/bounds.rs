@@ -42,6 +42,9 @@ pub enum DropReason {
     OutboxFull,
     /// The database refused writes and the memory queue overflowed.
     DiskFull,
+    /// One message larger than the broker (or `max_packet_kb`) accepts: it could never be sent,
+    /// and it must not block the rows behind it (SPEC §7).
+    TooLarge,
 }
 
 impl DropReason {
@@ -49,6 +52,7 @@ impl DropReason {
         match self {
             DropReason::OutboxFull => "outbox_full",
             DropReason::DiskFull => "disk_full",
+            DropReason::TooLarge => "too_large",
         }
     }
 
@@ -56,6 +60,7 @@ impl DropReason {
         match s {
             "outbox_full" => Some(DropReason::OutboxFull),
             "disk_full" => Some(DropReason::DiskFull),
+            "too_large" => Some(DropReason::TooLarge),
             _ => None,
         }
     }
@@ -94,7 +99,7 @@ pub struct DropRange {
 }
 
 impl DropRange {
-    /// `outbox_full` or `disk_full`.
+    /// `outbox_full`, `disk_full` or `too_large`.
     pub fn reason_name(&self) -> &'static str {
         self.reason.as_str()
     }

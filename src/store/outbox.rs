@@ -177,6 +177,51 @@ impl OutboxReader {
         Ok(())
     }
 
+    /// Moves rows that can never be sent (larger than the broker accepts) to the drop ledger
+    /// with reason `too_large`, deleting them in the same transaction. `rows` are
+    /// `(seq, kind, bytes)`. One ledger row per message, so the ledger names each `seq`.
+    pub fn drop_too_large(
+        &mut self,
+        rows: &[(i64, i64, u64)],
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for &(seq, kind, bytes) in rows {
+            let n = tx
+                .prepare_cached("DELETE FROM outbox WHERE seq = ?1")?
+                .execute(params![seq])?;
+            if n == 1 {
+                super::bounds::record(
+                    &tx,
+                    -seq,
+                    super::bounds::DropReason::TooLarge,
+                    kind,
+                    1,
+                    bytes,
+                    Some((seq, seq)),
+                    now_ms,
+                )?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Records the uplink's state (broker in use, refusals) for `status`, which reads the
+    /// database only.
+    pub fn save_uplink_state(&self, json: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('uplink', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![json])?;
+        Ok(())
+    }
+
     /// Rows waiting.
     pub fn depth(&self) -> Result<u64, StoreError> {
         let n: i64 = self

@@ -3,7 +3,8 @@
 //! ## Design constraints
 //! - **No storms.** After a broker restart, a fleet of gateways must not reconnect in lock-step:
 //!   each delay is drawn uniformly from `[base, 3 × previous]` ("decorrelated jitter"), capped
-//!   at 30 s (SPEC §6), so retries spread out and grow roughly exponentially.
+//!   at `mqtt.reconnect_max_s` (SPEC §7, default 5 s), so retries spread out and grow roughly
+//!   exponentially, and a broker that comes back is reconnected within one capped step.
 //! - **Reset only after a connection stayed up** for [`STABLE_AFTER`]: a broker that accepts
 //!   and then drops us at once (bad ACL, a flapping load balancer) keeps the delay growing
 //!   instead of being hammered every `base`.
@@ -13,8 +14,8 @@ use std::time::Duration;
 
 /// First delay and the floor of every delay.
 pub const BASE: Duration = Duration::from_millis(500);
-/// SPEC §6: broker reconnect backoff is capped at 30 s.
-pub const CAP: Duration = Duration::from_secs(30);
+/// The default cap (SPEC §7 `reconnect_max_s = 5`).
+pub const CAP: Duration = Duration::from_secs(5);
 /// A connection that lasted this long resets the backoff.
 pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 
@@ -22,15 +23,29 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     previous: Duration,
+    cap: Duration,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { previous: BASE }
+        Backoff::with_cap(CAP)
     }
 }
 
 impl Backoff {
+    /// A backoff whose delays never exceed `cap` (at least [`BASE`]).
+    pub fn with_cap(cap: Duration) -> Self {
+        Backoff {
+            previous: BASE,
+            cap: cap.max(BASE),
+        }
+    }
+
+    /// Starts over from [`BASE`].
+    pub fn reset(&mut self) {
+        self.previous = BASE;
+    }
+
     /// The delay before the next attempt. `connected_for` is how long the session that just
     /// ended stayed connected (`None` if it never was); `rand(lo, hi)` returns a value in
     /// `lo..hi` milliseconds.
@@ -46,7 +61,7 @@ impl Backoff {
         let hi = (self.previous.as_millis() as u64)
             .saturating_mul(3)
             .max(lo + 1);
-        let delay = Duration::from_millis(rand(lo, hi)).min(CAP);
+        let delay = Duration::from_millis(rand(lo, hi)).min(self.cap);
         self.previous = delay;
         delay
     }
@@ -90,6 +105,14 @@ mod tests {
             d, CAP,
             "a connection dropped after 5 s keeps the long delay"
         );
+    }
+
+    #[test]
+    fn the_cap_is_the_configured_reconnect_max() {
+        let cap = Duration::from_secs(30);
+        let mut b = Backoff::with_cap(cap);
+        let last = (0..20).map(|_| b.next(None, max)).last().unwrap();
+        assert_eq!(last, cap);
     }
 
     #[test]

@@ -1,51 +1,69 @@
 //! Uplink: drains the outbox to the MQTT broker and hands inbound commands to the core.
 //!
 //! ## Design constraints
-//! - **A row leaves SQLite only on its PUBACK.** `AsyncClient::publish()` returning `Ok` means
-//!   "queued in rumqttc's memory", nothing more, and it does not return the packet id
-//!   (rumqtt issues #349 and #1007). So the uplink correlates itself:
-//!   1. every publish we hand to rumqttc is pushed, in order, onto a FIFO of tags
-//!      (`Outbox(seq)` or `Other`);
-//!   2. rumqttc's event loop takes requests from its channel strictly in order and reports each
-//!      one as `Outgoing::Publish(pkid)` when it writes it, so popping the FIFO on that event
-//!      pairs the packet id with the `seq`;
-//!   3. `Incoming::PubAck(pkid)` then names the `seq` to delete. Deletes are batched into one
-//!      transaction per wake-up on the uplink's own SQLite connection.
-//!
-//!   rumqttc reports `Outgoing::AwaitAck` when a broker acknowledges out of order and a packet
-//!   id is still taken; that breaks the pairing, so the session is dropped and replayed.
-//! - **Resend from SQLite, never from library memory.** rumqttc keeps its in-flight publishes in
-//!   memory and would replay them itself after a reconnect. We never let it: every connection
-//!   gets a brand-new `AsyncClient`/`EventLoop`, and a new session starts reading the outbox
-//!   again from its oldest row. Duplicates are therefore exactly the messages that were in
-//!   flight at the disconnect, and order is always `seq` order.
-//! - **Bounded.** At most `mqtt.max_inflight` outbox messages are unacknowledged at once; the
-//!   outbox is read in pages; live (QoS 0) telemetry arrives on a bounded channel and is
-//!   dropped, counted, while disconnected.
-//! - **Reconnect without storms.** Capped (30 s) exponential backoff with decorrelated jitter,
-//!   reset only after a connection has stayed up for a minute. `clean_session = false` with a
-//!   fixed client id, so the broker keeps our command subscription across reconnects.
-//! - The uplink never invents events: birth/will on `P/status` and command replies are the only
-//!   messages it publishes that are not outbox rows.
+//! - **A row leaves SQLite only when the broker took it.** A successful `publish()` only means
+//!   "queued in rumqttc's memory", and rumqttc does not return the packet id, so the pairing of
+//!   PUBACKs with rows is a pure state machine of its own ([`correlator`]). With MQTT 5 a PUBACK
+//!   with a reason code ≥ 0x80 is a *refusal*: the row stays, the refusal is counted per reason
+//!   (`health.refused`), logged once per episode, and the outbox is replayed from its oldest row
+//!   after a backoff (SPEC §7).
+//! - **Resend from SQLite, never from library memory.** Every connection gets a brand-new client
+//!   and event loop with a clean session ([`client`]); a new connection reads the outbox again
+//!   from its oldest row. Duplicates are exactly the messages in flight at a disconnect, and
+//!   order is `seq` order — also across brokers (`failover_urls`), so a consumer of both sees
+//!   every `seq`.
+//! - **Nothing inbound costs the session.** Commands are gated ([`guard`]) and queued to the
+//!   core under a byte budget ([`INBOUND_BUDGET`]); a queue that is full refuses the command
+//!   with a reply. Replies, live telemetry and `P/status` are best effort: they wait in a
+//!   bounded queue of their own ([`OTHERS_QUEUE`] messages, [`OTHERS_QUEUE_BYTES`]) and use at
+//!   most [`OTHERS_SLOTS`] of the client's slots; beyond that they are dropped and counted. The
+//!   outbox always keeps its window (`max_inflight`, shrunk to fit the broker's Receive
+//!   Maximum), and a full queue is never a reason to end the session.
+//! - **Nothing outbound blocks the outbox.** A row larger than `max_packet_kb` or the broker's
+//!   Maximum Packet Size goes to the drop ledger with reason `too_large` instead of being sent.
+//! - **Live telemetry is live.** QoS 0 telemetry (`store_and_forward = false`) arriving while
+//!   disconnected is dropped and counted, never queued for later (SPEC §4).
+//! - **Reconnect quickly, without storms.** Decorrelated jitter from 0.5 s capped at
+//!   `reconnect_max_s`, reset after a connection stayed up 60 s; an unreachable broker moves
+//!   on to the next URL at once. On a failover broker the primary is probed every
+//!   `return_to_primary_s`; only when it answers is the current connection closed.
+//! - The uplink never invents events: `P/status` and command replies are the only messages it
+//!   publishes that are not outbox rows.
 
 pub mod backoff;
+pub mod client;
+pub mod correlator;
 pub mod guard;
 pub mod tls;
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS};
+use rumqttc::QoS;
 use thiserror::Error;
 use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
 
-use crate::config::Mqtt;
+use crate::config::{Mqtt, MqttUrl};
 use crate::store::outbox::{OutboxReader, OutboxRow};
+use client::{Client, Wire};
+use correlator::{Acked, Correlator, Tag};
 
 /// How many outbox rows one read fetches.
 const PAGE: usize = 512;
+/// Client slots (queued + in flight) that replies, live telemetry and `P/status` may take at
+/// most, beside the outbox's window.
+pub const OTHERS_SLOTS: usize = 16;
+/// Replies and live messages waiting for a client slot, at most (then dropped and counted).
+pub const OTHERS_QUEUE: usize = 1024;
+/// Bytes of replies and live messages waiting for a client slot, at most.
+pub const OTHERS_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+/// Bytes of accepted commands waiting for the core, at most.
+pub const INBOUND_BUDGET: usize = 1024 * 1024;
+/// A connection that lasted this long resets the reconnect backoff.
+const STABLE_AFTER: Duration = backoff::STABLE_AFTER;
 
 /// A message published outside the outbox: QoS 0 telemetry, command replies.
 #[derive(Debug, Clone)]
@@ -58,25 +76,107 @@ pub struct LiveMessage {
 }
 
 /// A command received on `P/cmd/{equipment}/{command}`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct InboundCommand {
     /// The topic below `P/cmd/`, e.g. `BP01.PACK.BAG1/andon/ack`.
     pub path: String,
     pub payload: Vec<u8>,
+    /// Returns the command's bytes to the inbound budget when the core is done with it.
+    _budget: BudgetPermit,
 }
 
-/// Counters the demo view, `status` and tests read.
+impl InboundCommand {
+    /// A command outside any byte budget (tests, benches).
+    pub fn unbudgeted(path: String, payload: Vec<u8>) -> Self {
+        InboundCommand {
+            path,
+            payload,
+            _budget: BudgetPermit {
+                pool: Arc::new(AtomicUsize::new(0)),
+                bytes: 0,
+            },
+        }
+    }
+}
+
+/// Bytes held from the inbound budget until dropped.
+#[derive(Debug)]
+struct BudgetPermit {
+    pool: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl BudgetPermit {
+    fn take(pool: &Arc<AtomicUsize>, bytes: usize) -> Option<BudgetPermit> {
+        pool.fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            (used + bytes <= INBOUND_BUDGET).then_some(used + bytes)
+        })
+        .ok()
+        .map(|_| BudgetPermit {
+            pool: pool.clone(),
+            bytes,
+        })
+    }
+}
+
+impl Drop for BudgetPermit {
+    fn drop(&mut self) {
+        self.pool.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// Counters the demo view, `status`, `P/status` and tests read.
 #[derive(Debug, Default)]
 pub struct UplinkStats {
     pub connected: AtomicBool,
     pub published: AtomicU64,
     pub acknowledged: AtomicU64,
     pub connects: AtomicU64,
+    /// Live QoS 0 telemetry dropped (disconnected, or no client slot free).
     pub live_dropped: AtomicU64,
     /// Highest seq whose PUBACK arrived.
     pub last_acked_seq: AtomicU64,
-    /// Commands refused by the gate ([`guard`]) with an `ok:false` reply.
+    /// Commands refused by the gate ([`guard`]) or a full queue, with an `ok:false` reply.
     pub commands_rejected: AtomicU64,
+    /// Replies and status messages dropped because no client slot was free.
+    pub replies_dropped: AtomicU64,
+    pub status_dropped: AtomicU64,
+    /// Outbox rows moved to the drop ledger as `too_large`.
+    pub too_large: AtomicU64,
+    /// Inbound packets over `max_packet_kb` that ended a connection (MQTT 3.1.1 only).
+    pub inbound_oversized: AtomicU64,
+    /// PUBACK refusals per reason (`not_authorized`, `quota_exceeded`, …).
+    pub refused: Mutex<BTreeMap<&'static str, u64>>,
+    /// `host:port` of the broker in use (empty while disconnected).
+    pub broker: Mutex<String>,
+}
+
+impl UplinkStats {
+    /// PUBACK refusals per reason, copied.
+    pub fn refused(&self) -> BTreeMap<&'static str, u64> {
+        self.refused.lock().map(|m| m.clone()).unwrap_or_default()
+    }
+
+    /// The broker in use, `None` while disconnected.
+    pub fn broker(&self) -> Option<String> {
+        let b = self.broker.lock().map(|b| b.clone()).unwrap_or_default();
+        (!b.is_empty()).then_some(b)
+    }
+
+    /// The uplink's part of `P/status` and `status`: broker and refusals and drops.
+    pub fn health(&self) -> serde_json::Value {
+        serde_json::json!({
+            "connected": self.connected.load(Ordering::Relaxed),
+            "broker": self.broker(),
+            "refused": self.refused(),
+            "too_large": self.too_large.load(Ordering::Relaxed),
+            "live_dropped": self.live_dropped.load(Ordering::Relaxed),
+            "replies_dropped": self.replies_dropped.load(Ordering::Relaxed),
+            "status_dropped": self.status_dropped.load(Ordering::Relaxed),
+            "commands_rejected": self.commands_rejected.load(Ordering::Relaxed),
+            "inbound_oversized": self.inbound_oversized.load(Ordering::Relaxed),
+        })
+    }
 }
 
 /// Everything the uplink needs besides its channels.
@@ -86,31 +186,7 @@ pub struct UplinkSettings {
     pub gateway_id: String,
     pub stream: String,
     pub started_at: String,
-    /// Extra fields for the retained birth message (health), refreshed by the core.
     pub version: String,
-}
-
-/// Why a session ended.
-#[derive(Debug, Error)]
-enum SessionError {
-    #[error("{}", describe_connection_error(.0))]
-    Connection(Box<rumqttc::ConnectionError>),
-    #[error("broker acknowledged out of order (packet id {0} still in flight); resyncing")]
-    OutOfOrder(u16),
-    #[error("outbox: {0}")]
-    Store(#[from] crate::store::StoreError),
-    #[error("event loop stopped")]
-    EventLoopGone,
-    #[error("mqtt client: {0}")]
-    Client(#[from] rumqttc::ClientError),
-    #[error("tls: {0}")]
-    Tls(String),
-}
-
-impl From<rumqttc::ConnectionError> for SessionError {
-    fn from(e: rumqttc::ConnectionError) -> Self {
-        SessionError::Connection(Box::new(e))
-    }
 }
 
 /// The channels the uplink is wired with.
@@ -124,7 +200,32 @@ pub struct UplinkChannels {
     pub shutdown: watch::Receiver<bool>,
 }
 
-/// Runs until shutdown: connect, drain, reconnect with backoff.
+/// Why a session ended.
+#[derive(Debug, Error)]
+enum SessionError {
+    #[error("{0}")]
+    Lost(String),
+    #[error("{0}; resyncing from the outbox")]
+    Desync(#[from] correlator::Desync),
+    #[error("outbox: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("mqtt client request queue closed")]
+    ClientGone,
+    #[error("credentials: {0}")]
+    Credentials(String),
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+/// How a session ended.
+enum End {
+    Shutdown,
+    /// The primary answered a probe: connect to it now.
+    ReturnToPrimary,
+    Failed(SessionError),
+}
+
+/// Runs until shutdown: connect, drain, reconnect with backoff, fail over.
 pub async fn run(
     settings: UplinkSettings,
     reader: OutboxReader,
@@ -132,31 +233,64 @@ pub async fn run(
     stats: Arc<UplinkStats>,
 ) {
     let reader = Arc::new(Mutex::new(reader));
-    let mut backoff = backoff::Backoff::default();
+    let brokers = settings.mqtt.brokers();
+    let cap = Duration::from_secs(settings.mqtt.reconnect_max_s);
+    let mut backoff = backoff::Backoff::with_cap(cap);
     let mut guard = guard::CommandGuard::default();
+    let budget = Arc::new(AtomicUsize::new(0));
+    let mut current = 0usize;
     let mut last_error: Option<String> = None;
     loop {
-        let (outcome, connected_for) =
-            session(&settings, &reader, &mut ch, &stats, &mut guard).await;
+        let broker = &brokers[current % brokers.len()];
+        let (end, connected_for) = session(
+            &settings, broker, current, &reader, &mut ch, &stats, &mut guard, &budget,
+        )
+        .await;
         stats.connected.store(false, Ordering::Relaxed);
+        if let Ok(mut b) = stats.broker.lock() {
+            b.clear();
+        }
+        save_state(&reader, &stats).await;
         if connected_for.is_some() {
-            // A new error after a working connection is worth a log line again.
             last_error = None;
         }
-        match outcome {
-            Ok(()) => return,
-            Err(e) => {
+        match end {
+            End::Shutdown => return,
+            End::ReturnToPrimary => {
+                tracing::info!(broker = %brokers[0].authority(), "primary broker answers again; moving back to it");
+                current = 0;
+                backoff.reset();
+                continue;
+            }
+            End::Failed(e) => {
                 let message = e.to_string();
                 if last_error.as_deref() != Some(message.as_str()) {
-                    tracing::warn!(broker = %format!("{}:{}", settings.mqtt.url.host, settings.mqtt.url.port), error = %message, "MQTT connection lost or refused; buffering in the outbox and retrying");
+                    tracing::warn!(broker = %broker.authority(), error = %message, "MQTT connection lost or refused; buffering in the outbox and retrying");
                     last_error = Some(message);
                 }
             }
         }
+        if connected_for.is_none() && brokers.len() > 1 {
+            // Never reached this broker: try the next one at once; wait only after a round.
+            current = (current + 1) % brokers.len();
+            if current != 0 {
+                continue;
+            }
+        }
+        if connected_for.is_some_and(|d| d >= STABLE_AFTER) {
+            backoff.reset();
+        }
         let delay = backoff.next(connected_for, |lo, hi| fastrand::u64(lo..hi));
-        tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
-            _ = ch.shutdown.changed() => return,
+        let until = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                _ = ch.shutdown.changed() => return,
+                msg = ch.live.recv() => match msg {
+                    Some(msg) => count_dropped(&stats, msg.qos != QoS::AtMostOnce),
+                    None => tokio::time::sleep_until(until).await,
+                },
+            }
         }
         if *ch.shutdown.borrow() {
             return;
@@ -164,221 +298,321 @@ pub async fn run(
     }
 }
 
-/// Tag of a publish handed to rumqttc, in request order.
-#[derive(Debug, Clone, Copy)]
-enum Tag {
-    Outbox(i64),
-    Other,
+/// A live message that cannot be published (no broker, no free slot): dropped and counted.
+fn count_dropped(stats: &UplinkStats, qos1: bool) {
+    if !qos1 {
+        stats.live_dropped.fetch_add(1, Ordering::Relaxed);
+    } else {
+        stats.replies_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Writes the uplink's state where `status` can read it.
+async fn save_state(reader: &Arc<Mutex<OutboxReader>>, stats: &UplinkStats) {
+    let json = stats.health().to_string();
+    let reader = reader.clone();
+    let saved = tokio::task::spawn_blocking(move || match reader.lock() {
+        Ok(r) => r.save_uplink_state(&json),
+        Err(_) => Err(crate::store::StoreError::Missing(
+            "outbox lock poisoned".into(),
+        )),
+    })
+    .await;
+    if let Ok(Err(e)) = saved {
+        tracing::debug!(error = %e, "uplink state not saved for status");
+    }
+}
+
+/// Refused publishes: paused until the window settles, then replayed after a backoff.
+struct Refusal {
+    /// Set once nothing of the outbox is in flight any more.
+    resume_at: Option<Instant>,
 }
 
 struct Session<'a> {
-    client: AsyncClient,
+    client: Client,
     prefix: &'a str,
     settings: &'a UplinkSettings,
+    broker: &'a MqttUrl,
     reader: &'a Arc<Mutex<OutboxReader>>,
     stats: &'a UplinkStats,
-    fifo: VecDeque<Tag>,
-    inflight: HashMap<u16, i64>,
+    guard: &'a mut guard::CommandGuard,
+    budget: &'a Arc<AtomicUsize>,
+    corr: Correlator,
     queue: VecDeque<OutboxRow>,
     /// Next seq to read from the outbox.
     cursor: i64,
     /// More rows may be waiting in SQLite.
     dirty: bool,
     acked: Vec<i64>,
+    too_large: Vec<(i64, i64, u64)>,
     connected: bool,
-    /// When the broker's CONNACK arrived, for the backoff reset.
-    connected_at: Option<tokio::time::Instant>,
-    guard: &'a mut guard::CommandGuard,
+    connected_at: Option<Instant>,
+    /// Largest packet we may send: `max_packet_kb`, or the broker's limit if smaller.
+    max_send: usize,
+    window: usize,
+    /// Client slots replies and status may hold.
+    others_slots: usize,
+    /// Replies and live messages waiting for a slot.
+    others: VecDeque<LiveMessage>,
+    others_bytes: usize,
+    refusal: Option<Refusal>,
+    /// An episode of refusals is open (logged when it starts and when it ends).
+    refusing: u64,
+    refusal_backoff: backoff::Backoff,
+    status_pending: bool,
 }
 
-fn options(settings: &UplinkSettings) -> Result<MqttOptions, SessionError> {
-    let m = &settings.mqtt;
-    let mut o = MqttOptions::new(&m.client_id, &m.url.host, m.url.port);
-    o.set_keep_alive(Duration::from_secs(m.keep_alive_s.max(5)));
-    o.set_clean_session(false);
-    // rumqttc's own window is a little wider than ours so birth and replies never block it.
-    o.set_inflight(m.max_inflight.saturating_add(8));
-    // Incoming limit well above the 64 KiB command limit: an oversized command must get an
-    // `ok:false` reply, not make rumqttc drop the connection (the broker would redeliver it
-    // after every reconnect). Outgoing: our largest messages are a few KiB.
-    o.set_max_packet_size(1024 * 1024, 256 * 1024);
-    o.set_last_will(LastWill::new(
-        format!("{}/status", m.topic_prefix),
-        r#"{"state":"offline"}"#,
-        QoS::AtLeastOnce,
-        true,
-    ));
-    if let Some(user) = &m.username {
-        let password = match &m.password_file {
-            Some(p) => tls::read_secret(p).map_err(SessionError::Tls)?,
-            None => tls::Secret::default(),
-        };
-        o.set_credentials(user, password.expose());
-    }
-    if m.url.tls {
-        o.set_transport(tls::transport(m).map_err(SessionError::Tls)?);
-    }
-    Ok(o)
-}
-
-/// One connection, from CONNECT to its end; also returns how long it stayed connected.
+#[allow(clippy::too_many_arguments)]
 async fn session(
     settings: &UplinkSettings,
+    broker: &MqttUrl,
+    index: usize,
     reader: &Arc<Mutex<OutboxReader>>,
     ch: &mut UplinkChannels,
     stats: &UplinkStats,
     guard: &mut guard::CommandGuard,
-) -> (Result<(), SessionError>, Option<Duration>) {
-    let opts = match options(settings) {
-        Ok(o) => o,
-        Err(e) => return (Err(e), None),
+    budget: &Arc<AtomicUsize>,
+) -> (End, Option<Duration>) {
+    let m = &settings.mqtt;
+    let password = match &m.password_file {
+        Some(p) => match tls::read_secret(p) {
+            Ok(s) => Some(s),
+            Err(e) => return (End::Failed(SessionError::Credentials(e)), None),
+        },
+        None => None,
     };
-    let window = usize::from(settings.mqtt.max_inflight.max(1));
-    let (client, eventloop) = AsyncClient::new(opts, window + 64);
-    let (ev_tx, mut ev_rx) = mpsc::channel(1024);
-    // rumqttc's poll() is driven in its own task so our select! never cancels it mid-packet.
-    let driver = tokio::spawn(drive(eventloop, ev_tx));
+    let transport = if broker.tls {
+        match tls::transport(m) {
+            Ok(t) => Some(t),
+            Err(e) => return (End::Failed(SessionError::Tls(e)), None),
+        }
+    } else {
+        None
+    };
+    let window = usize::from(m.max_inflight.max(1));
+    let (client, mut wire, driver) = client::open(client::Connect {
+        mqtt: m,
+        broker,
+        password: password.as_ref().map(|p| p.expose()),
+        transport,
+        queue: window + OTHERS_SLOTS + 8,
+        inflight: u16::try_from(window + OTHERS_SLOTS).unwrap_or(u16::MAX),
+        will: (
+            format!("{}/status", m.topic_prefix),
+            r#"{"state":"offline"}"#.to_string(),
+        ),
+    });
     let mut s = Session {
         client,
-        prefix: &settings.mqtt.topic_prefix,
+        prefix: &m.topic_prefix,
         settings,
+        broker,
         reader,
         stats,
-        fifo: VecDeque::new(),
-        inflight: HashMap::new(),
+        guard,
+        budget,
+        corr: Correlator::default(),
         queue: VecDeque::new(),
         cursor: 0,
         dirty: true,
         acked: Vec::new(),
+        too_large: Vec::new(),
         connected: false,
         connected_at: None,
-        guard,
+        max_send: m.max_packet_bytes(),
+        window,
+        others_slots: OTHERS_SLOTS,
+        others: VecDeque::new(),
+        others_bytes: 0,
+        refusal: None,
+        refusing: 0,
+        refusal_backoff: backoff::Backoff::with_cap(Duration::from_secs(m.reconnect_max_s)),
+        status_pending: false,
     };
     let mut status_timer = tokio::time::interval(Duration::from_secs(60));
     status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let result = loop {
-        if let Err(e) = s.pump(window).await {
-            break Err(e);
+    let primary_every = (index > 0 && m.return_to_primary_s > 0)
+        .then(|| Duration::from_secs(m.return_to_primary_s));
+    let mut probe_at = primary_every.map(|d| Instant::now() + d);
+    let far = Duration::from_secs(86_400 * 365);
+    let end = loop {
+        if let Err(e) = s.pump(ch).await {
+            break End::Failed(e);
         }
+        let resume_at = s.refusal.as_ref().and_then(|r| r.resume_at);
         tokio::select! {
-            ev = ev_rx.recv() => {
+            w = wire.recv() => {
                 // Handle everything already queued before pumping again: acks of a whole
-                // window are then deleted in one transaction, not one per wake-up.
-                let mut next = ev;
+                // window are then deleted in one transaction.
+                let mut next = w;
                 let mut handled = 0;
                 let outcome = loop {
                     match next {
-                        Some(Ok(ev)) => {
-                            if let Err(e) = s.on_event(ev, ch).await {
+                        Some(w) => {
+                            if let Err(e) = s.on_wire(w, ch) {
                                 break Err(e);
                             }
                         }
-                        Some(Err(e)) => break Err(e.into()),
-                        None => break Err(SessionError::EventLoopGone),
+                        None => break Err(SessionError::ClientGone),
                     }
                     handled += 1;
                     if handled >= 4096 {
                         break Ok(());
                     }
-                    next = match ev_rx.try_recv() {
-                        Ok(ev) => Some(ev),
+                    next = match wire.try_recv() {
+                        Ok(w) => Some(w),
                         Err(mpsc::error::TryRecvError::Empty) => break Ok(()),
                         Err(mpsc::error::TryRecvError::Disconnected) => None,
                     };
                 };
                 if let Err(e) = outcome {
-                    break Err(e);
+                    break End::Failed(e);
                 }
             }
             _ = ch.outbox_changed.notified() => s.dirty = true,
-            msg = ch.live.recv(), if s.connected => {
+            msg = ch.live.recv() => {
                 if let Some(msg) = msg {
-                    if let Err(e) = s.publish(&msg.topic, msg.qos, msg.retain, msg.payload, Tag::Other) {
-                        break Err(e);
+                    if s.connected {
+                        s.enqueue_other(msg);
+                    } else {
+                        count_dropped(s.stats, msg.qos != QoS::AtMostOnce);
                     }
                 }
             }
-            _ = status_timer.tick(), if s.connected => {
-                let status = ch.status.borrow().to_string();
-                if let Err(e) = s.publish("status", QoS::AtLeastOnce, true, status, Tag::Other) {
-                        break Err(e);
-                    }
+            _ = status_timer.tick(), if s.connected => s.status_pending = true,
+            r = ch.status.changed(), if s.connected => {
+                if r.is_ok() {
+                    s.status_pending = true;
+                }
             }
-            _ = ch.status.changed(), if s.connected => {
-                let status = ch.status.borrow().to_string();
-                if let Err(e) = s.publish("status", QoS::AtLeastOnce, true, status, Tag::Other) {
-                        break Err(e);
-                    }
+            _ = tokio::time::sleep_until(resume_at.unwrap_or_else(|| Instant::now() + far)), if resume_at.is_some() => {
+                s.resume_after_refusal();
+            }
+            _ = tokio::time::sleep_until(probe_at.unwrap_or_else(|| Instant::now() + far)), if probe_at.is_some() && s.connected => {
+                if probe(&settings.mqtt.url).await {
+                    s.goodbye(&mut wire).await;
+                    break End::ReturnToPrimary;
+                }
+                probe_at = primary_every.map(|d| Instant::now() + d);
             }
             _ = ch.shutdown.changed() => {
-                s.goodbye(&mut ev_rx).await;
-                break Ok(());
+                s.goodbye(&mut wire).await;
+                break End::Shutdown;
             }
         }
     };
     // Whatever was acknowledged is deleted before the session's memory is thrown away.
-    let flushed = s.flush_acks().await;
+    let flushed = s.flush().await;
     driver.abort();
     let connected_for = s.connected_at.map(|t| t.elapsed());
-    (result.and(flushed), connected_for)
+    let end = match (end, flushed) {
+        (End::Failed(e), _) => End::Failed(e),
+        (_, Err(e)) => End::Failed(e),
+        (end, Ok(())) => end,
+    };
+    (end, connected_for)
 }
 
-/// A connection error in words an engineer can act on (credentials and TLS named as such).
-fn describe_connection_error(e: &rumqttc::ConnectionError) -> String {
-    use rumqttc::{ConnectReturnCode as Rc, ConnectionError as Ce};
-    match e {
-        Ce::ConnectionRefused(Rc::BadUserNamePassword | Rc::NotAuthorized) => {
-            "broker refused the login: bad user name or password, or not authorised \
-             (check mqtt.username and the password_file)"
-                .into()
-        }
-        Ce::ConnectionRefused(Rc::BadClientId) => {
-            "broker refused the client id (check mqtt.client_id)".into()
-        }
-        Ce::ConnectionRefused(code) => format!("broker refused the connection: {code:?}"),
-        Ce::Tls(t) => format!(
-            "TLS handshake with the broker failed: {t} (check mqtt.ca_file, the broker's \
-             certificate and name, and the client certificate)"
-        ),
-        other => other.to_string(),
-    }
-}
-
-async fn drive(
-    mut eventloop: EventLoop,
-    tx: mpsc::Sender<Result<Event, rumqttc::ConnectionError>>,
-) {
-    loop {
-        let ev = eventloop.poll().await;
-        let stop = ev.is_err();
-        if tx.send(ev).await.is_err() || stop {
-            return;
-        }
-    }
+/// Whether the primary broker accepts TCP connections (2 s at most).
+async fn probe(url: &MqttUrl) -> bool {
+    let addr = (url.host.as_str(), url.port);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }
 
 impl Session<'_> {
-    fn publish(
-        &mut self,
-        topic: &str,
-        qos: QoS,
-        retain: bool,
-        payload: String,
-        tag: Tag,
-    ) -> Result<(), SessionError> {
-        self.client
-            .try_publish(format!("{}/{}", self.prefix, topic), qos, retain, payload)?;
-        self.fifo.push_back(tag);
-        Ok(())
+    /// Publishes a message outside the outbox if a client slot is free; never fails.
+    fn publish_other(&mut self, topic: &str, qos1: bool, retain: bool, payload: String) -> bool {
+        let topic = format!("{}/{}", self.prefix, topic);
+        if self.corr.others_outstanding() >= self.others_slots
+            || client::publish_packet_size(topic.len(), payload.len()) > self.max_send
+        {
+            return false;
+        }
+        match self
+            .client
+            .publish(topic, qos1, retain, payload.into_bytes())
+        {
+            Ok(()) => {
+                self.corr.queued(Tag::Other { qos1 });
+                true
+            }
+            Err(client::Busy) => false,
+        }
+    }
+
+    /// Queues a reply or live message for the next free slot; full queue: dropped, counted.
+    fn enqueue_other(&mut self, msg: LiveMessage) {
+        let bytes = msg.topic.len() + msg.payload.len();
+        if self.others.len() >= OTHERS_QUEUE || self.others_bytes + bytes > OTHERS_QUEUE_BYTES {
+            count_dropped(self.stats, msg.qos != QoS::AtMostOnce);
+            return;
+        }
+        self.others_bytes += bytes;
+        self.others.push_back(msg);
+    }
+
+    /// Hands waiting replies and live messages to the client while slots are free.
+    fn feed_others(&mut self) {
+        while self.corr.others_outstanding() < self.others_slots {
+            let Some(msg) = self.others.pop_front() else {
+                break;
+            };
+            self.others_bytes = self
+                .others_bytes
+                .saturating_sub(msg.topic.len() + msg.payload.len());
+            let qos1 = msg.qos != QoS::AtMostOnce;
+            if !self.publish_other(&msg.topic, qos1, msg.retain, msg.payload) {
+                // Too large for the broker, or the client refused it: it cannot be sent.
+                count_dropped(self.stats, qos1);
+            }
+        }
+    }
+
+    /// The retained `P/status`: the daemon's birth and health plus the uplink's own.
+    fn publish_status(&mut self, ch: &mut UplinkChannels) {
+        if self.corr.others_outstanding() >= self.others_slots {
+            // Stays pending: sent as soon as a slot frees up.
+            return;
+        }
+        let mut status = ch.status.borrow_and_update().clone();
+        if let Some(obj) = status.as_object_mut() {
+            obj.insert("broker".into(), self.broker.authority().into());
+            let health = obj.entry("health").or_insert_with(|| serde_json::json!({}));
+            if let Some(h) = health.as_object_mut() {
+                h.insert("refused".into(), serde_json::json!(self.stats.refused()));
+                h.insert("uplink".into(), self.stats.health());
+            }
+        }
+        if !self.publish_other("status", true, true, status.to_string()) {
+            self.stats.status_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        self.status_pending = false;
     }
 
     /// Deletes acknowledged rows, reads more rows, and publishes while the window allows.
-    async fn pump(&mut self, window: usize) -> Result<(), SessionError> {
-        self.flush_acks().await?;
+    async fn pump(&mut self, ch: &mut UplinkChannels) -> Result<(), SessionError> {
+        self.flush().await?;
         if !self.connected {
             return Ok(());
         }
-        while self.outstanding() < window {
+        if self.status_pending {
+            self.publish_status(ch);
+        }
+        self.feed_others();
+        if let Some(r) = &mut self.refusal {
+            if r.resume_at.is_none() && self.corr.outbox_outstanding() == 0 {
+                let delay = self
+                    .refusal_backoff
+                    .next(None, |lo, hi| fastrand::u64(lo..hi));
+                r.resume_at = Some(Instant::now() + delay);
+            }
+            return Ok(());
+        }
+        while self.corr.outbox_outstanding() < self.window {
             if self.queue.is_empty() {
                 if !self.dirty {
                     break;
@@ -394,7 +628,7 @@ impl Session<'_> {
                         .fetch(from, PAGE)
                 })
                 .await
-                .map_err(|_| SessionError::EventLoopGone)??;
+                .map_err(|_| SessionError::ClientGone)??;
                 if rows.len() < PAGE {
                     self.dirty = false;
                 }
@@ -410,95 +644,197 @@ impl Session<'_> {
                 break;
             };
             let payload = row.envelope(&self.settings.gateway_id, &self.settings.stream);
-            self.publish(
-                &row.topic,
-                QoS::AtLeastOnce,
-                row.retain,
-                payload,
-                Tag::Outbox(row.seq),
-            )?;
+            let topic = format!("{}/{}", self.prefix, row.topic);
+            let size = client::publish_packet_size(topic.len(), payload.len());
+            if size > self.max_send {
+                tracing::error!(
+                    seq = row.seq,
+                    r#type = %row.event_type,
+                    bytes = size,
+                    limit = self.max_send,
+                    "outbox message larger than the broker accepts; moved to the drop ledger as too_large"
+                );
+                self.too_large.push((row.seq, row.kind, size as u64));
+                continue;
+            }
+            if self
+                .client
+                .publish(topic, true, row.retain, payload.into_bytes())
+                .is_err()
+            {
+                // Cannot happen while others stay within OTHERS_MAX; resend it next time.
+                self.queue.push_front(row);
+                break;
+            }
+            self.corr.queued(Tag::Outbox(row.seq));
             self.stats.published.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
     }
 
-    fn outstanding(&self) -> usize {
-        self.inflight.len()
-            + self
-                .fifo
-                .iter()
-                .filter(|t| matches!(t, Tag::Outbox(_)))
-                .count()
-    }
-
-    async fn flush_acks(&mut self) -> Result<(), SessionError> {
-        if self.acked.is_empty() {
+    /// Deletes delivered rows and moves too-large ones to the ledger, on the uplink's own
+    /// SQLite connection, off the async worker threads.
+    async fn flush(&mut self) -> Result<(), SessionError> {
+        if self.acked.is_empty() && self.too_large.is_empty() {
             return Ok(());
         }
         let seqs = std::mem::take(&mut self.acked);
+        let too_large = std::mem::take(&mut self.too_large);
         let reader = self.reader.clone();
         let n = seqs.len() as u64;
+        let large = too_large.len() as u64;
         let max = seqs.iter().copied().max().unwrap_or(0);
         tokio::task::spawn_blocking(move || {
-            reader
+            let mut r = reader
                 .lock()
-                .map_err(|_| crate::store::StoreError::Missing("outbox lock poisoned".into()))?
-                .delete(&seqs)
+                .map_err(|_| crate::store::StoreError::Missing("outbox lock poisoned".into()))?;
+            r.delete(&seqs)?;
+            r.drop_too_large(&too_large, crate::clock::Clock::system().now_ms())
         })
         .await
-        .map_err(|_| SessionError::EventLoopGone)??;
+        .map_err(|_| SessionError::ClientGone)??;
         self.stats.acknowledged.fetch_add(n, Ordering::Relaxed);
+        self.stats.too_large.fetch_add(large, Ordering::Relaxed);
         self.stats
             .last_acked_seq
             .fetch_max(u64::try_from(max).unwrap_or(0), Ordering::Relaxed);
+        if large > 0 {
+            self.status_pending = true;
+        }
         Ok(())
     }
 
-    async fn on_event(&mut self, ev: Event, ch: &mut UplinkChannels) -> Result<(), SessionError> {
-        match ev {
-            Event::Incoming(Incoming::ConnAck(_)) => {
+    fn on_wire(&mut self, w: Wire, ch: &mut UplinkChannels) -> Result<(), SessionError> {
+        match w {
+            Wire::Connected {
+                max_packet,
+                receive_max,
+            } => {
                 self.connected = true;
-                self.connected_at = Some(tokio::time::Instant::now());
+                self.connected_at = Some(Instant::now());
+                if let Some(limit) = max_packet {
+                    self.max_send = self.max_send.min(limit as usize);
+                }
+                if let Some(r) = receive_max {
+                    // The broker lets us have `r` unacknowledged QoS 1 publishes: the outbox
+                    // keeps three quarters of them (at least one), replies and status the rest.
+                    let total = (self.window + OTHERS_SLOTS).min(usize::from(r.max(2)));
+                    self.others_slots = OTHERS_SLOTS.min(total / 4).max(1);
+                    self.window = self.window.min(total - self.others_slots).max(1);
+                }
                 self.stats.connected.store(true, Ordering::Relaxed);
                 self.stats.connects.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut b) = self.stats.broker.lock() {
+                    *b = self.broker.authority();
+                }
                 tracing::info!(
-                    broker = %format!("{}:{}", self.settings.mqtt.url.host, self.settings.mqtt.url.port),
+                    broker = %self.broker.authority(),
                     "MQTT connected; replaying the outbox from its oldest row"
                 );
-                let status = ch.status.borrow().to_string();
-                self.publish("status", QoS::AtLeastOnce, true, status, Tag::Other)?;
+                // Clean session: subscribe after every CONNACK.
                 self.client
-                    .try_subscribe(format!("{}/cmd/#", self.prefix), QoS::AtLeastOnce)?;
+                    .subscribe(format!("{}/cmd/#", self.prefix))
+                    .map_err(|_| SessionError::ClientGone)?;
+                self.status_pending = true;
+                self.publish_status(ch);
                 self.dirty = true;
+                let reader = self.reader.clone();
+                let json = self.stats.health().to_string();
+                tokio::task::spawn_blocking(move || {
+                    if let Ok(r) = reader.lock() {
+                        let _ = r.save_uplink_state(&json);
+                    }
+                });
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) => match self.fifo.pop_front() {
-                Some(Tag::Outbox(seq)) => {
-                    self.inflight.insert(pkid, seq);
-                }
-                Some(Tag::Other) | None => {}
-            },
-            Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
-                return Err(SessionError::OutOfOrder(pkid));
-            }
-            Event::Incoming(Incoming::PubAck(ack)) => {
-                if let Some(seq) = self.inflight.remove(&ack.pkid) {
+            Wire::Written(pkid) => self.corr.written(pkid)?,
+            Wire::Collision(pkid) => return Err(correlator::Desync(pkid).into()),
+            Wire::Acked { pkid, reason } => match self.corr.acked(pkid, reason) {
+                Acked::Delivered(seq) => {
                     self.acked.push(seq);
+                    if self.refusing > 0 && self.refusal.is_none() {
+                        tracing::info!(
+                            refused = self.refusing,
+                            "broker accepts the outbox's publishes again"
+                        );
+                        self.refusing = 0;
+                        self.refusal_backoff.reset();
+                        self.status_pending = true;
+                    }
                 }
+                Acked::Refused { seq, reason } => self.on_refused(seq, reason),
+                Acked::Other {
+                    refused: Some(reason),
+                } => {
+                    self.count_refusal(reason);
+                }
+                Acked::Other { refused: None } | Acked::Unknown => {}
+            },
+            Wire::Message(p) => self.on_inbound(p, ch),
+            Wire::Disconnected => {}
+            Wire::Lost(lost) => {
+                if lost.oversized_inbound {
+                    self.stats.inbound_oversized.fetch_add(1, Ordering::Relaxed);
+                }
+                return Err(SessionError::Lost(lost.message));
             }
-            Event::Incoming(Incoming::Publish(p)) => {
-                let verdict = self.guard.check(
-                    self.prefix,
-                    &p.topic,
-                    &p.payload,
-                    p.retain,
-                    std::time::Instant::now(),
-                );
-                let refusal = match verdict {
-                    guard::Verdict::Ignore => None,
-                    guard::Verdict::Accept { path } => {
+        }
+        Ok(())
+    }
+
+    fn count_refusal(&mut self, reason: u8) {
+        if let Ok(mut m) = self.stats.refused.lock() {
+            *m.entry(client::reason_name(reason)).or_insert(0) += 1;
+        }
+    }
+
+    /// The broker refused an outbox row: keep it, stop sending, replay after a backoff.
+    fn on_refused(&mut self, seq: i64, reason: u8) {
+        self.count_refusal(reason);
+        if self.refusing == 0 {
+            tracing::warn!(
+                seq,
+                reason = client::reason_name(reason),
+                code = format!("0x{reason:02x}"),
+                broker = %self.broker.authority(),
+                "broker refused a publish; the row stays in the outbox and is retried with backoff (check the broker's ACL for the gateway's user)"
+            );
+            self.status_pending = true;
+        }
+        self.refusing += 1;
+        if self.refusal.is_none() {
+            self.refusal = Some(Refusal { resume_at: None });
+        }
+    }
+
+    /// The refusal backoff elapsed: read the outbox again from its oldest row.
+    fn resume_after_refusal(&mut self) {
+        self.refusal = None;
+        self.queue.clear();
+        self.cursor = 0;
+        self.dirty = true;
+    }
+
+    fn on_inbound(&mut self, p: client::Inbound, ch: &mut UplinkChannels) {
+        let verdict = self.guard.check(
+            self.prefix,
+            &p.topic,
+            &p.payload,
+            p.retain,
+            std::time::Instant::now(),
+        );
+        let refusal = match verdict {
+            guard::Verdict::Ignore => None,
+            guard::Verdict::Accept { path } => {
+                match BudgetPermit::take(self.budget, path.len() + p.payload.len()) {
+                    None => Some((
+                        guard::request_id_of(&p.payload),
+                        "gateway busy: command queue full, try again".to_string(),
+                    )),
+                    Some(permit) => {
                         let cmd = InboundCommand {
                             path,
                             payload: p.payload.to_vec(),
+                            _budget: permit,
                         };
                         match ch.commands.try_send(cmd) {
                             Ok(()) => None,
@@ -508,58 +844,50 @@ impl Session<'_> {
                             )),
                         }
                     }
-                    guard::Verdict::Reject { request_id, error } => Some((request_id, error)),
-                };
-                if let Some((request_id, error)) = refusal {
-                    tracing::warn!(topic = %p.topic, bytes = p.payload.len(), %error, "command refused");
-                    self.stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
-                    let reply = guard::reply(&request_id, &error);
-                    // Best effort under a flood: a full request queue drops the reply, never
-                    // the session.
-                    if let Err(e) =
-                        self.publish("reply", QoS::AtLeastOnce, false, reply, Tag::Other)
-                    {
-                        tracing::debug!(error = %e, "command reply dropped: request queue full");
-                    }
                 }
             }
-            _ => {}
+            guard::Verdict::Reject { request_id, error } => Some((request_id, error)),
+        };
+        if let Some((request_id, error)) = refusal {
+            tracing::debug!(topic = %p.topic, bytes = p.payload.len(), %error, "command refused");
+            self.stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
+            self.enqueue_other(LiveMessage {
+                topic: "reply".into(),
+                payload: guard::reply(&request_id, &error),
+                qos: QoS::AtLeastOnce,
+                retain: false,
+            });
         }
-        Ok(())
     }
 
     /// Clean shutdown: wait briefly for in-flight acks, publish `offline`, disconnect.
-    async fn goodbye(
-        &mut self,
-        ev_rx: &mut mpsc::Receiver<Result<Event, rumqttc::ConnectionError>>,
-    ) {
+    async fn goodbye(&mut self, wire: &mut mpsc::Receiver<Wire>) {
         if !self.connected {
             return;
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(2);
         let mut disconnecting = false;
         loop {
-            if !disconnecting && self.outstanding() == 0 {
+            if !disconnecting && self.corr.outbox_outstanding() == 0 {
                 let offline = serde_json::json!({"state": "offline"}).to_string();
-                let _ = self.publish("status", QoS::AtLeastOnce, true, offline, Tag::Other);
-                let _ = self.client.try_disconnect();
+                // The goodbye must get out even under a flood of replies.
+                let topic = format!("{}/status", self.prefix);
+                let _ = self.client.publish(topic, true, true, offline.into_bytes());
+                self.corr.queued(Tag::Other { qos1: true });
+                let _ = self.client.disconnect();
                 disconnecting = true;
             }
-            let Ok(Some(Ok(ev))) = tokio::time::timeout_at(deadline, ev_rx.recv()).await else {
+            let Ok(Some(w)) = tokio::time::timeout_at(deadline, wire.recv()).await else {
                 break;
             };
-            match ev {
-                Event::Incoming(Incoming::PubAck(ack)) => {
-                    if let Some(seq) = self.inflight.remove(&ack.pkid) {
+            match w {
+                Wire::Acked { pkid, reason } => {
+                    if let Acked::Delivered(seq) = self.corr.acked(pkid, reason) {
                         self.acked.push(seq);
                     }
                 }
-                Event::Outgoing(Outgoing::Publish(pkid)) => {
-                    if let Some(Tag::Outbox(seq)) = self.fifo.pop_front() {
-                        self.inflight.insert(pkid, seq);
-                    }
-                }
-                Event::Outgoing(Outgoing::Disconnect) => break,
+                Wire::Written(pkid) if self.corr.written(pkid).is_err() => break,
+                Wire::Disconnected | Wire::Lost(_) => break,
                 _ => {}
             }
         }
