@@ -109,7 +109,7 @@ fn print_errors(errors: &ConfigErrors) {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match config::load_file(path) {
         Ok(loaded) => {
-            for w in loaded.warnings.iter().chain(&loaded.advisories) {
+            for w in loaded.warnings.iter().chain(&loaded.notices) {
                 eprintln!("warning: {w}");
             }
             let c = &loaded.config;
@@ -187,7 +187,7 @@ async fn wait_for_signal() {
 fn reload_config(path: &std::path::Path, notifier: &ms5_edge::notify::Notifier) -> Option<Config> {
     let problems = match config::load_file(path) {
         Ok(loaded) if loaded.warnings.is_empty() => {
-            for a in &loaded.advisories {
+            for a in &loaded.notices {
                 tracing::warn!(warning = %a, "configuration");
             }
             return Some(loaded.config);
@@ -231,7 +231,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         print_errors(&ConfigErrors(loaded.warnings));
         return ExitCode::from(2);
     }
-    for a in &loaded.advisories {
+    for a in &loaded.notices {
         eprintln!("warning: {a}");
     }
     let path = path.to_path_buf();

@@ -155,6 +155,7 @@ pub fn render(config: &Config, snap: &StatusSnapshot, now_ms: i64) -> StatusRepo
         "oldest_unsent_age_s": oldest_age_s,
         "drops": snap.drops,
         "recovered": snap.recovered,
+        "uplink": snap.uplink,
         "equipment": equipment,
         "plcs": plcs,
     });
@@ -182,6 +183,22 @@ pub fn render(config: &Config, snap: &StatusSnapshot, now_ms: i64) -> StatusRepo
             "DATABASE REPLACED {}: the corrupt one was moved to {} ({})\n",
             r.at, r.moved_to, r.reason
         ));
+    }
+    if let Some(u) = &snap.uplink {
+        let broker = u["broker"].as_str().unwrap_or("-");
+        let broker = if u["connected"] == true {
+            broker
+        } else {
+            "not connected"
+        };
+        t.push_str(&format!("broker: {broker}\n"));
+        if let Some(refused) = u["refused"].as_object().filter(|m| !m.is_empty()) {
+            t.push_str("REFUSED by the broker (rows kept, retried):");
+            for (reason, n) in refused {
+                t.push_str(&format!(" {reason} {n}"));
+            }
+            t.push('\n');
+        }
     }
     if snap.drops.total() > 0 {
         t.push_str(&format!("DROPPED {} message(s):", snap.drops.total()));

@@ -156,7 +156,7 @@ pub struct Loaded {
     /// Settings that work but deserve a second look (a poll timeout longer than the poll
     /// interval, a password over plain TCP, MQTT 3.1.1's silent refusals): printed by
     /// `check-config`, logged by `run`, never fatal.
-    pub advisories: Vec<ConfigError>,
+    pub notices: Vec<ConfigError>,
 }
 
 /// Reads and compiles the file at `path`. Relative paths inside it resolve against its directory.
@@ -232,15 +232,15 @@ fn compile_text(text: &str, file: &str, base: Option<PathBuf>) -> Result<Loaded,
     let config = Compiler { cx: &mut cx, base }.config(&root);
     let mut errors = cx.errors;
     let mut warnings = cx.warnings;
-    let mut advisories = cx.advisories;
+    let mut notices = cx.notices;
     errors.sort_by_key(|e| (e.line, e.column));
     warnings.sort_by_key(|e| (e.line, e.column));
-    advisories.sort_by_key(|e| (e.line, e.column));
+    notices.sort_by_key(|e| (e.line, e.column));
     match config {
         Some(config) if errors.is_empty() => Ok(Loaded {
             config,
             warnings,
-            advisories,
+            notices,
         }),
         _ if errors.is_empty() => {
             // Every path that drops a value records an error first; this is a guard, not a path.
@@ -724,7 +724,7 @@ impl Compiler<'_, '_> {
         let protocol = match self.cx.int(t, "protocol", Need::Optional, 3..=5) {
             None | Some(5) => MqttProtocol::V5,
             Some(3) => {
-                self.cx.advise(
+                self.cx.notice(
                     &t.span_of("protocol"),
                     &t.path_of("protocol"),
                     "with MQTT 3.1.1 a broker that refuses a publish (ACL, quota) still \
@@ -783,7 +783,7 @@ impl Compiler<'_, '_> {
         let password_file = self.readable_file(t, "password_file");
         if let (Some(u), true) = (&url, t.has("password_file")) {
             if !u.tls {
-                self.cx.advise(
+                self.cx.notice(
                     &t.span_of("password_file"),
                     &t.path_of("password_file"),
                     "the MQTT password is sent unencrypted: the url is mqtt:// (plain TCP)",

@@ -791,6 +791,8 @@ pub struct StatusSnapshot {
     pub drops: bounds::DropReport,
     /// Set when this database replaced a corrupt one.
     pub recovered: Option<Recovered>,
+    /// The uplink's last saved state (broker, refusals per reason, drops), if any.
+    pub uplink: Option<serde_json::Value>,
 }
 
 impl ReadOnly {
@@ -848,6 +850,13 @@ impl ReadOnly {
             // A database the daemon has not migrated yet has no ledger: nothing dropped.
             drops: bounds::read_report(&self.conn).unwrap_or_default(),
             recovered: read_recovered(&self.conn),
+            uplink: self
+                .conn
+                .query_row("SELECT value FROM meta WHERE key = 'uplink'", [], |r| {
+                    r.get::<_, String>(0)
+                })
+                .ok()
+                .and_then(|v| serde_json::from_str(&v).ok()),
         })
     }
 }

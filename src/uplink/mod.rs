@@ -361,6 +361,10 @@ struct Session<'a> {
     refusing: u64,
     refusal_backoff: backoff::Backoff,
     status_pending: bool,
+    /// The last `P/status` sent on this connection: an identical one is not sent again
+    /// except by the 60 s refresh.
+    last_status: Option<String>,
+    status_refresh: bool,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -429,8 +433,15 @@ async fn session(
         refusing: 0,
         refusal_backoff: backoff::Backoff::with_cap(Duration::from_secs(m.reconnect_max_s)),
         status_pending: false,
+        last_status: None,
+        status_refresh: false,
     };
-    let mut status_timer = tokio::time::interval(Duration::from_secs(60));
+    // The first refresh is a minute after the birth (a plain `interval` fires at once, which
+    // published every birth twice).
+    let mut status_timer = tokio::time::interval_at(
+        Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    );
     status_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let primary_every = (index > 0 && m.return_to_primary_s > 0)
         .then(|| Duration::from_secs(m.return_to_primary_s));
@@ -480,7 +491,10 @@ async fn session(
                     }
                 }
             }
-            _ = status_timer.tick(), if s.connected => s.status_pending = true,
+            _ = status_timer.tick(), if s.connected => {
+                s.status_pending = true;
+                s.status_refresh = true;
+            }
             r = ch.status.changed(), if s.connected => {
                 if r.is_ok() {
                     s.status_pending = true;
@@ -587,10 +601,16 @@ impl Session<'_> {
                 h.insert("uplink".into(), self.stats.health());
             }
         }
-        if !self.publish_other("status", true, true, status.to_string()) {
+        let text = status.to_string();
+        self.status_pending = false;
+        if !std::mem::take(&mut self.status_refresh) && self.last_status.as_ref() == Some(&text) {
+            return;
+        }
+        if self.publish_other("status", true, true, text.clone()) {
+            self.last_status = Some(text);
+        } else {
             self.stats.status_dropped.fetch_add(1, Ordering::Relaxed);
         }
-        self.status_pending = false;
     }
 
     /// Deletes acknowledged rows, reads more rows, and publishes while the window allows.

@@ -146,6 +146,13 @@ impl Broker {
         .await;
     }
 
+    /// Makes mosquitto re-read its configuration files (ACL and password files) with SIGHUP.
+    pub fn reload(&self) {
+        if let Some(child) = &self.child {
+            unsafe_kill(child.id(), "HUP");
+        }
+    }
+
     /// Stops it gracefully (SIGTERM, so it saves its persistence file) and waits for the exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -192,7 +199,8 @@ impl Subscriber {
         let mut opts = MqttOptions::new(format!("test-sub-{port}"), "127.0.0.1", port);
         opts.set_clean_session(false);
         opts.set_keep_alive(Duration::from_secs(5));
-        opts.set_max_packet_size(1 << 20, 1 << 20);
+        // Large enough for the oversized commands the hostile-network tests send.
+        opts.set_max_packet_size(8 << 20, 8 << 20);
         let (client, mut eventloop) = AsyncClient::new(opts, 100);
         let sub = Subscriber {
             messages: Arc::new(Mutex::new(Vec::new())),

@@ -162,7 +162,7 @@ pub(super) struct Ctx<'s> {
     lines: Lines<'s>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
-    pub advisories: Vec<ConfigError>,
+    pub notices: Vec<ConfigError>,
 }
 
 impl<'s> Ctx<'s> {
@@ -172,7 +172,7 @@ impl<'s> Ctx<'s> {
             lines: Lines::new(text),
             errors: vec![],
             warnings: vec![],
-            advisories: vec![],
+            notices: vec![],
         }
     }
 
@@ -224,7 +224,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// Records an advisory: printed by `check-config` (exit 0) and logged by `run`, never fatal.
-    pub fn advise(
+    pub fn notice(
         &mut self,
         span: &Span,
         key: &str,
@@ -232,7 +232,7 @@ impl<'s> Ctx<'s> {
         hint: Option<String>,
     ) {
         let w = self.make(span, key, message.into(), hint);
-        self.advisories.push(w);
+        self.notices.push(w);
     }
 
     /// Rejects every key of `t` not in `known`, suggesting the closest known key.
