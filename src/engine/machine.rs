@@ -10,6 +10,11 @@
 //! first of them. The time of an unplanned stop is *held* until the stop is classified — a
 //! minor stop (run time, SPEC §6) when it ends before `micro_stop_s`, unplanned downtime once it
 //! reaches it — so every millisecond lands in exactly one class.
+//!
+//! Safety is never planned away (SPEC §7): a planned stop or a changeover suppresses the andons
+//! of ordinary faults, never those of safety faults (category `safety` or severity
+//! `critical`); raising one changes no time class. A planned stop started by command carries a
+//! deadline in the memory and ends there by itself (`ended_by = "timeout"`).
 
 use std::collections::{BTreeMap, VecDeque};
 
