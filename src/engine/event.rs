@@ -48,6 +48,12 @@ pub struct DowntimeRecord {
     /// removed the equipment while the downtime was open (SPEC §6 "Reload").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub closed_by: Option<String>,
+    /// What ended it (set when it ends; `downtime.ended` always carries it): `"timeout"` for a
+    /// commanded planned stop that reached `max_planned_stop_min`, the command's `by` when a
+    /// command ended it (`planned-stop/*`, `changeover/*`), `"reload"` with `closed_by`, and
+    /// `"auto"` when the machine itself did (it ran again, went offline, a calendar window).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_by: Option<String>,
 }
 
 impl DowntimeRecord {
@@ -66,6 +72,7 @@ impl DowntimeRecord {
             d["ended_at"] = json!(rfc3339_ms(end));
             d["duration_s"] = json!((end - self.start_ms) as f64 / 1000.0);
             d["minor"] = json!(self.minor);
+            d["ended_by"] = json!(self.ended_by.as_deref().unwrap_or("auto"));
             if let Some(by) = &self.closed_by {
                 d["closed_by"] = json!(by);
             }

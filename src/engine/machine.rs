@@ -10,6 +10,11 @@
 //! first of them. The time of an unplanned stop is *held* until the stop is classified — a
 //! minor stop (run time, SPEC §6) when it ends before `micro_stop_s`, unplanned downtime once it
 //! reaches it — so every millisecond lands in exactly one class.
+//!
+//! Safety is never planned away (SPEC §7): a planned stop or a changeover suppresses the andons
+//! of ordinary faults, never those of safety faults (category `safety` or severity
+//! `critical`); raising one changes no time class. A planned stop started by command carries a
+//! deadline in the memory and ends there by itself (`ended_by = "timeout"`).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -34,6 +39,9 @@ const QUALITY_MIN_UNITS: u64 = 20;
 const RECENT_DOWNTIMES: usize = 64;
 /// Minute buckets kept in memory: the longest shift plus the one before it.
 const BUCKET_HORIZON_MS: i64 = 50 * 3_600_000;
+/// How long a planned stop started by command lasts at most unless told otherwise
+/// (`[commands] max_planned_stop_min`, SPEC §7): 120 min.
+pub const DEFAULT_MAX_PLANNED_STOP_MS: i64 = 120 * 60_000;
 
 /// What the config says about one equipment, compiled for the engine.
 #[derive(Debug, Clone)]
@@ -55,6 +63,10 @@ pub struct Rules {
     pub speed_ratio: f64,
     pub speed_after_ms: i64,
     pub targets: serde_json::Value,
+    /// A planned stop started by command ends by itself this long after its start (SPEC §7).
+    /// Not part of `[[equipment]]`: the engine sets it for every machine
+    /// ([`super::Engine::set_max_planned_stop_ms`]).
+    pub max_planned_stop_ms: i64,
 }
 
 fn type_max(t: DataType) -> u64 {
@@ -111,6 +123,7 @@ impl Rules {
                 "quality": e.oee_targets.quality,
                 "oee": e.oee_targets.oee,
             }),
+            max_planned_stop_ms: DEFAULT_MAX_PLANNED_STOP_MS,
         }
     }
 
@@ -134,6 +147,11 @@ impl Rules {
         };
         severity_name(bumped)
     }
+}
+
+/// A fault that is never planned away (SPEC §7): category `safety` or severity `critical`.
+fn is_safety(f: &Fault) -> bool {
+    matches!(f.category, FaultCategory::Safety) || matches!(f.severity, Severity::Critical)
 }
 
 fn severity_name(s: Severity) -> &'static str {
@@ -221,6 +239,11 @@ pub struct Memory {
     pub fault_since: BTreeMap<u32, i64>,
     pub stop: Option<Stop>,
     pub planned_by_command: Option<String>,
+    /// When the planned stop started by command ends by itself (`ended_by = "timeout"`):
+    /// its start + `max_planned_stop_ms`. Persisted so the deadline survives a restart; a
+    /// memory written before this field existed gets one on restore ([`Machine::adopt`]).
+    #[serde(default)]
+    pub planned_deadline_ms: Option<i64>,
     pub changeover: Option<ChangeoverState>,
     pub andons: Vec<AndonRecord>,
     pub context: Context,
@@ -267,6 +290,7 @@ impl Machine {
                 fault_since: BTreeMap::new(),
                 stop: None,
                 planned_by_command: None,
+                planned_deadline_ms: None,
                 changeover: None,
                 andons: Vec::new(),
                 context,
@@ -299,6 +323,18 @@ impl Machine {
             .map(|(k, b)| (*k, *b))
             .collect();
         m
+    }
+
+    /// Takes over a persisted memory (restart or reload). A commanded planned stop persisted
+    /// without a deadline (by a version before `max_planned_stop_min`) gets one from its last
+    /// observation, so it cannot stay open forever.
+    pub fn adopt(&mut self, memory: Memory) {
+        self.mem = memory;
+        self.mem.context.line_id = self.rules.line_id.clone();
+        if self.mem.planned_by_command.is_some() && self.mem.planned_deadline_ms.is_none() {
+            self.mem.planned_deadline_ms =
+                Some(self.mem.last_seen_ms + self.rules.max_planned_stop_ms);
+        }
     }
 
     fn new_id(&mut self, kind: &str, at: i64) -> String {
@@ -442,7 +478,7 @@ impl Machine {
         }
 
         let next = self.derive_state(running, !active.is_empty(), t, cal);
-        ev.extend(self.transition(next, t, cal));
+        ev.extend(self.transition(next, t, cal, "auto"));
         ev.extend(self.first_out(t));
 
         // Andon conditions that are judged on samples.
@@ -486,7 +522,7 @@ impl Machine {
         let mut ev = self.time_rules(t, cal);
         self.advance(t, cal);
         self.mem.last_running = None;
-        ev.extend(self.transition(MachineState::Offline, t, cal));
+        ev.extend(self.transition(MachineState::Offline, t, cal, "auto"));
         ev.extend(self.settle());
         ev
     }
@@ -497,7 +533,7 @@ impl Machine {
     pub fn retire(&mut self, at: i64, by: &str, cal: &Calendar) -> Vec<Event> {
         let at = at.max(self.mem.last_seen_ms);
         self.advance(at, cal);
-        let mut events = self.close_stop(at, cal);
+        let mut events = self.close_stop(at, cal, by);
         for e in events.iter_mut() {
             if let Event::DowntimeEnded { record, .. } = e {
                 record.closed_by = Some(by.to_string());
@@ -513,7 +549,7 @@ impl Machine {
         let at = at.max(self.mem.last_seen_ms);
         self.advance(at, cal);
         self.mem.last_running = None;
-        self.transition(MachineState::Offline, at, cal)
+        self.transition(MachineState::Offline, at, cal, "auto")
     }
 
     fn telemetry_due(&self, at_ms: i64, interval_ms: i64) -> bool {
@@ -564,7 +600,14 @@ impl Machine {
         }
     }
 
-    fn transition(&mut self, to: MachineState, t: i64, cal: &Calendar) -> Vec<Event> {
+    /// Moves to `to` at `t`; a stop this ends carries `ended_by` (see [`DowntimeRecord`]).
+    fn transition(
+        &mut self,
+        to: MachineState,
+        t: i64,
+        cal: &Calendar,
+        ended_by: &str,
+    ) -> Vec<Event> {
         let from = self.mem.state;
         if to == from {
             return Vec::new();
@@ -581,7 +624,7 @@ impl Machine {
                 | (MachineState::Faulted, MachineState::Stopped)
         );
         if !same_stop {
-            ev.extend(self.close_stop(t, cal));
+            ev.extend(self.close_stop(t, cal, ended_by));
         }
         self.mem.state = to;
         self.mem.since_ms = t;
@@ -669,10 +712,11 @@ impl Machine {
             fault_bits: stop.fault_bits.clone(),
             minor,
             closed_by: None,
+            ended_by: None,
         }
     }
 
-    fn close_stop(&mut self, t: i64, cal: &Calendar) -> Vec<Event> {
+    fn close_stop(&mut self, t: i64, cal: &Calendar, ended_by: &str) -> Vec<Event> {
         let Some(mut stop) = self.mem.stop.take() else {
             return Vec::new();
         };
@@ -683,7 +727,8 @@ impl Machine {
                 .add_time(stop.start_ms, t, TimeClass::MinorStop, cal);
             stop.downtime_id = Some(self.new_id("minor-stop", stop.start_ms));
         }
-        let record = self.record_of(&stop, Some(t), minor);
+        let mut record = self.record_of(&stop, Some(t), minor);
+        record.ended_by = Some(ended_by.to_string());
         self.remember(record.clone());
         for a in self.mem.andons.iter_mut() {
             if a.downtime_id.is_none() && a.cause == AndonCause::Fault && !minor {
@@ -747,7 +792,8 @@ impl Machine {
 
     /// Rules whose moment has come by `now`, each stamped with its own exact time.
     fn time_rules(&mut self, now: i64, cal: &Calendar) -> Vec<Event> {
-        let mut ev = Vec::new();
+        // First, so that the rules below judge the stop that follows a timed-out planned stop.
+        let mut ev = self.planned_timeout(now, cal);
         // An unplanned stop reaching micro_stop_s becomes downtime.
         if let Some(stop) = &self.mem.stop {
             let due = stop.start_ms + self.rules.micro_stop_ms;
@@ -783,19 +829,32 @@ impl Machine {
                 let due = stop.start_ms + self.rules.raise_after_ms[severity_index(fault.severity)];
                 let open = self.mem.andons.iter().any(|a| a.cause_key == fault.code);
                 if fault.andon && !open && now >= due && stop.kind == StopKind::Unplanned {
-                    let andon = AndonRecord {
-                        andon_id: self.new_id("andon", due),
-                        cause: AndonCause::Fault,
-                        cause_key: fault.code.clone(),
-                        priority: self.rules.priority(fault.severity).into(),
-                        level: 1,
-                        reason_code: fault.code.clone(),
-                        description: fault.description.clone(),
-                        downtime_id: stop.downtime_id.clone(),
-                        raised_ms: due,
-                        acknowledged_by: None,
-                    };
-                    ev.push(self.raise(andon));
+                    ev.push(self.raise_fault_andon(&fault, due, stop.downtime_id.clone()));
+                }
+            }
+        }
+        // Safety is never planned away (SPEC §7): during a planned stop or a changeover every
+        // active safety fault raises its andon after raise_after_s[severity], counted from when
+        // the stop and the fault were both there (the fault did not cause the stop). The time
+        // stays planned / changeover time: only the andon is raised.
+        if let Some(stop) = self.mem.stop.clone() {
+            if stop.kind != StopKind::Unplanned {
+                let mut due: Vec<(i64, u32, Fault)> = self
+                    .mem
+                    .fault_since
+                    .iter()
+                    .filter_map(|(bit, since)| {
+                        let f = self.rules.fault(*bit).filter(|f| f.andon && is_safety(f))?;
+                        let after = self.rules.raise_after_ms[severity_index(f.severity)];
+                        Some(((*since).max(stop.start_ms) + after, *bit, f.clone()))
+                    })
+                    .collect();
+                due.sort_by_key(|(at, bit, _)| (*at, *bit));
+                for (at, _, fault) in due {
+                    let open = self.mem.andons.iter().any(|a| a.cause_key == fault.code);
+                    if !open && now >= at {
+                        ev.push(self.raise_fault_andon(&fault, at, stop.downtime_id.clone()));
+                    }
                 }
             }
         }
@@ -872,6 +931,34 @@ impl Machine {
         ev
     }
 
+    /// A commanded planned stop whose deadline has come by `now` ends at the deadline
+    /// (`ended_by = "timeout"`, SPEC §7); the state is then re-derived from the last sample.
+    /// Calendar planned stops have no deadline: their window ends them.
+    fn planned_timeout(&mut self, now: i64, cal: &Calendar) -> Vec<Event> {
+        let Some(deadline) = self.mem.planned_deadline_ms.filter(|d| now >= *d) else {
+            return Vec::new();
+        };
+        self.mem.planned_deadline_ms = None;
+        self.mem.planned_by_command = None;
+        self.rederive(deadline, cal, "timeout")
+    }
+
+    fn raise_fault_andon(&mut self, fault: &Fault, at: i64, downtime_id: Option<String>) -> Event {
+        let andon = AndonRecord {
+            andon_id: self.new_id("andon", at),
+            cause: AndonCause::Fault,
+            cause_key: fault.code.clone(),
+            priority: self.rules.priority(fault.severity).into(),
+            level: 1,
+            reason_code: fault.code.clone(),
+            description: fault.description.clone(),
+            downtime_id,
+            raised_ms: at,
+            acknowledged_by: None,
+        };
+        self.raise(andon)
+    }
+
     fn raise(&mut self, andon: AndonRecord) -> Event {
         self.mem.andons.push(andon.clone());
         Event::AndonRaised {
@@ -900,8 +987,15 @@ impl Machine {
 
     fn sample_andons(&mut self, t: i64, running: Option<bool>, speed: Option<f64>) -> Vec<Event> {
         let mut ev = Vec::new();
-        // Fault andons resolve when their fault has cleared and the machine runs again.
-        if running == Some(true) {
+        // Fault andons resolve when their fault has cleared and the machine runs again — or,
+        // in a planned stop or a changeover, where nobody expects it to run, as soon as the
+        // fault has cleared (a safety andon raised there would otherwise stay open until the
+        // machine next runs).
+        let not_expected_to_run = matches!(
+            self.mem.state,
+            MachineState::PlannedStop | MachineState::Changeover
+        );
+        if running == Some(true) || not_expected_to_run {
             let cleared: Vec<String> =
                 self.mem
                     .andons
@@ -1142,8 +1236,9 @@ impl Machine {
         }
     }
 
-    /// Re-derives the state after a command changed planned-stop or changeover status.
-    fn rederive(&mut self, now: i64, cal: &Calendar) -> Vec<Event> {
+    /// Re-derives the state after a command (or the planned-stop timeout) changed planned-stop
+    /// or changeover status; a stop this ends carries `ended_by`.
+    fn rederive(&mut self, now: i64, cal: &Calendar, ended_by: &str) -> Vec<Event> {
         if self.mem.state == MachineState::Offline {
             return Vec::new();
         }
@@ -1151,7 +1246,7 @@ impl Machine {
         self.advance(t, cal);
         let faulted = !self.mem.fault_since.is_empty();
         let next = self.derive_state(self.mem.last_running, faulted, t, cal);
-        self.transition(next, t, cal)
+        self.transition(next, t, cal, ended_by)
     }
 
     /// Applies a command at `now`. `Err` = not applicable; nothing has changed then.
@@ -1163,7 +1258,9 @@ impl Machine {
     ) -> Result<Vec<Event>, String> {
         let by = cmd.by.as_str();
         let reason = cmd.note.clone().unwrap_or_else(|| "command".into());
-        let mut ev = Vec::new();
+        // A deadline that has passed ends its planned stop first (a `planned-stop/end` after it
+        // then finds nothing to end); ticks normally get there before any command does.
+        let mut ev = self.planned_timeout(now, cal);
         match &cmd.kind {
             CommandKind::Context(p) => {
                 let c = &mut self.mem.context;
@@ -1273,7 +1370,7 @@ impl Machine {
                 self.mem.context.changeover_end_time = None;
                 ev.push(changeover_event(&self.rules.code, &co, None, by));
                 self.mem.changeover = Some(co);
-                ev.extend(self.rederive(now, cal));
+                ev.extend(self.rederive(now, cal, by));
                 ev.push(self.context_changed(now, &reason, by));
             }
             CommandKind::ChangeoverComplete { failed } => {
@@ -1292,7 +1389,7 @@ impl Machine {
                     }
                 }
                 ev.push(changeover_event(&self.rules.code, &co, Some(now), by));
-                ev.extend(self.rederive(now, cal));
+                ev.extend(self.rederive(now, cal, by));
                 ev.push(self.context_changed(now, &reason, by));
             }
             CommandKind::PlannedStopStart { reason: why } => {
@@ -1301,13 +1398,16 @@ impl Machine {
                 }
                 self.mem.planned_by_command =
                     Some(why.clone().unwrap_or_else(|| "planned stop".into()));
-                ev.extend(self.rederive(now, cal));
+                self.mem.planned_deadline_ms =
+                    Some(now.saturating_add(self.rules.max_planned_stop_ms));
+                ev.extend(self.rederive(now, cal, by));
             }
             CommandKind::PlannedStopEnd => {
                 if self.mem.planned_by_command.take().is_none() {
                     return Err("no planned stop was started by command".into());
                 }
-                ev.extend(self.rederive(now, cal));
+                self.mem.planned_deadline_ms = None;
+                ev.extend(self.rederive(now, cal, by));
             }
             CommandKind::AndonAck { andon_id } => {
                 let Some(a) = self.mem.andons.iter_mut().find(|a| &a.andon_id == andon_id) else {

@@ -91,6 +91,18 @@ impl Engine {
         }
     }
 
+    /// How long a planned stop started by command lasts before it ends by itself with
+    /// `ended_by = "timeout"` (`[commands] max_planned_stop_min` × 60 000; SPEC §7). Default
+    /// 120 min. Call it right after [`Engine::new`], before restoring memories: it applies to
+    /// planned stops started from then on and to persisted ones that have no deadline yet;
+    /// a persisted deadline is kept as it was set.
+    pub fn set_max_planned_stop_ms(&mut self, ms: u64) {
+        let ms = i64::try_from(ms).unwrap_or(i64::MAX / 2);
+        for m in &mut self.machines {
+            m.rules.max_planned_stop_ms = ms;
+        }
+    }
+
     /// Resumes from the states persisted by a previous run (without full memories): each
     /// machine that was not offline goes `offline` at `last_seen_ms`.
     pub fn restore(&mut self, previous: &[MachineView], last_seen_ms: i64) -> Vec<Event> {
@@ -125,8 +137,7 @@ impl Engine {
             return Vec::new();
         };
         let open = std::mem::take(&mut m.mem.open_minutes);
-        m.mem = memory;
-        m.mem.context.line_id = m.rules.line_id.clone();
+        m.adopt(memory);
         m.buckets.minutes.extend(minutes);
         m.buckets.minutes.extend(
             open.into_iter()
@@ -144,8 +155,7 @@ impl Engine {
             return;
         };
         let open = std::mem::take(&mut m.mem.open_minutes);
-        m.mem = memory;
-        m.mem.context.line_id = m.rules.line_id.clone();
+        m.adopt(memory);
         m.buckets.minutes.extend(minutes);
         m.buckets.minutes.extend(
             open.into_iter()

@@ -1243,3 +1243,5 @@ fn resuming_memory_after_a_reload_keeps_open_downtime_and_sends_nothing_offline(
         &d.events[seen..]
     );
 }
+
+mod safety;

@@ -1,0 +1,182 @@
+//! SPEC §7 "Safety is never planned away", end to end: a critical safety fault on a machine in
+//! a planned stop started by command raises its andon on `P/{equipment}/andon`, through the
+//! daemon, a simulated Modbus PLC and a real mosquitto.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use common::{Broker, Received, Subscriber};
+use ms5_edge::daemon::{self, Observers};
+use ms5_edge::sim::{self, Machine, Override};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+const PREFIX: &str = "ms5/bp01-demo";
+const BAGGER: &str = "BP01.PACK.BAG1";
+
+/// Bit 2 of the bagger's first fault word.
+const E_STOP_WORDS: [u16; 4] = [0x0004, 0, 0, 0];
+
+fn of_type(m: &[Received], ty: &str) -> Vec<Received> {
+    m.iter()
+        .filter(|r| !r.retain && r.payload["type"] == ty && r.payload["equipment"] == BAGGER)
+        .cloned()
+        .collect()
+}
+
+fn reply(m: &[Received], request_id: &str) -> Option<Value> {
+    m.iter()
+        .find(|r| r.topic == format!("{PREFIX}/reply") && r.payload["request_id"] == request_id)
+        .map(|r| r.payload.clone())
+}
+
+async fn publisher(port: u16) -> AsyncClient {
+    let mut opts = MqttOptions::new(format!("test-pub-{port}"), "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                // Broker away: rumqttc reconnects on the next poll; pace the retries.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_critical_safety_fault_in_a_commanded_planned_stop_raises_its_andon() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = Broker::start(&dir.path().join("broker")).await;
+    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
+    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
+    // Scenario second 10: the bagger runs (its own film break would begin at 60 s, but the
+    // override below takes the coil and the fault words over well before).
+    let bagger = sim::start_at(Machine::Bagger, any, 10_000).await.unwrap();
+    let loader = sim::start(Machine::Loader, any).await.unwrap();
+    // The demo line, with an emergency stop on the bagger: safety, critical, andon.
+    let text = ms5_edge::demo::config_text(
+        bagger.addr().port(),
+        loader.addr().port(),
+        &dir.path().join("data").display().to_string(),
+        Some(&broker.url()),
+    )
+    .replacen(
+        "\n[[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
+        "\n[[equipment.fault]]\nbit = 2\ncode = \"E_STOP\"\ndescription = \"Emergency stop pressed\"\n\
+         category = \"safety\"\nseverity = \"critical\"\nandon = true\n\n\
+         [[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
+        1,
+    );
+    assert!(text.contains("E_STOP"), "the fault was added to the config");
+    let config = ms5_edge::config::load_str(&text, "safety.toml")
+        .unwrap()
+        .config;
+    let (stop, rx) = watch::channel(false);
+    let daemon = tokio::spawn(daemon::run(config, rx, Observers::default()));
+
+    sub.wait("the bagger to run", Duration::from_secs(30), |m| {
+        of_type(m, "ms5.state.changed")
+            .iter()
+            .any(|r| r.payload["data"]["to"] == "running")
+    })
+    .await;
+
+    let client = publisher(broker.port).await;
+    client
+        .publish(
+            format!("{PREFIX}/cmd/{BAGGER}/planned-stop/start"),
+            QoS::AtLeastOnce,
+            false,
+            json!({"request_id":"ps1","by":"lead","reason":"cleaning"}).to_string(),
+        )
+        .await
+        .unwrap();
+    sub.wait(
+        "the planned-stop/start reply",
+        Duration::from_secs(15),
+        |m| reply(m, "ps1").is_some(),
+    )
+    .await;
+    assert_eq!(reply(&sub.snapshot(), "ps1").unwrap()["ok"], true);
+
+    // The machine stops in its planned stop, and the emergency stop is pressed.
+    bagger.set_override(Override {
+        running: Some(false),
+        fault_words: Some(E_STOP_WORDS),
+        ..Override::default()
+    });
+    sub.wait("the safety andon", Duration::from_secs(30), |m| {
+        !of_type(m, "ms5.andon.raised").is_empty()
+    })
+    .await;
+    let m = sub.snapshot();
+    let raised = of_type(&m, "ms5.andon.raised");
+    assert_eq!(raised.len(), 1, "{raised:?}");
+    assert_eq!(raised[0].topic, format!("{PREFIX}/{BAGGER}/andon"));
+    let a = &raised[0].payload["data"];
+    assert_eq!(a["reason_code"], "E_STOP");
+    assert_eq!(a["priority"], "critical");
+    assert_eq!(a["cause"], "fault");
+    assert_eq!(a["level"], 1);
+    // The stop is still the planned stop: planned downtime, no unplanned downtime.
+    assert!(of_type(&m, "ms5.state.changed")
+        .iter()
+        .any(|r| r.payload["data"]["to"] == "planned_stop"));
+    let started = of_type(&m, "ms5.downtime.started");
+    let planned: Vec<_> = started
+        .iter()
+        .filter(|r| r.payload["data"]["planned"] == true)
+        .collect();
+    assert_eq!(planned.len(), 1, "{started:?}");
+    assert_eq!(a["downtime_id"], planned[0].payload["data"]["downtime_id"]);
+    assert!(started.iter().all(|r| r.payload["data"]["planned"] == true));
+
+    // The guard is reset while the machine stays stopped: the andon resolves by itself; the
+    // lead ends the planned stop, which says who ended it.
+    bagger.set_override(Override {
+        running: Some(false),
+        fault_words: Some([0; 4]),
+        ..Override::default()
+    });
+    sub.wait("the andon to resolve", Duration::from_secs(30), |m| {
+        !of_type(m, "ms5.andon.resolved").is_empty()
+    })
+    .await;
+    assert_eq!(
+        of_type(&sub.snapshot(), "ms5.andon.resolved")[0].payload["data"]["resolved_by"],
+        "auto"
+    );
+    client
+        .publish(
+            format!("{PREFIX}/cmd/{BAGGER}/planned-stop/end"),
+            QoS::AtLeastOnce,
+            false,
+            json!({"request_id":"ps2","by":"lead"}).to_string(),
+        )
+        .await
+        .unwrap();
+    sub.wait(
+        "the planned downtime to end",
+        Duration::from_secs(15),
+        |m| {
+            of_type(m, "ms5.downtime.ended")
+                .iter()
+                .any(|r| r.payload["data"]["planned"] == true)
+        },
+    )
+    .await;
+    let ended = of_type(&sub.snapshot(), "ms5.downtime.ended");
+    let planned_end = ended
+        .iter()
+        .find(|r| r.payload["data"]["planned"] == true)
+        .unwrap();
+    assert_eq!(planned_end.payload["data"]["ended_by"], "lead");
+
+    let _ = stop.send(true);
+    daemon.await.unwrap().unwrap();
+}
