@@ -48,7 +48,7 @@ use ms5_edge::config::{load_file, load_str, ByteOrder, ConfigErrors, DataType};
 use ms5_edge::engine::command::{parse, CommandKind, MAX_BODY};
 
 /// Cases per property when `MS5_EDGE_FUZZ_CASES` is not set (see the module doc).
-const DEFAULT_CASES: u32 = 2000;
+const DEFAULT_CASES: u32 = 10_000;
 
 /// Cases per property: `MS5_EDGE_FUZZ_CASES`, else [`DEFAULT_CASES`]. Zero or garbage is refused
 /// rather than silently running nothing.
@@ -119,7 +119,12 @@ const EXAMPLE: &str = include_str!("../etc/ms5-edge.toml");
 /// The demo's config (placeholders filled in as `ms5-edge demo` does), a second valid base
 /// with an `[mqtt]` table of other shapes.
 static DEMO: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    ms5_edge::demo::config_text(1502, 1503, "/tmp/ms5-edge-fuzz", Some("mqtt://127.0.0.1:1883"))
+    ms5_edge::demo::config_text(
+        1502,
+        1503,
+        "/tmp/ms5-edge-fuzz",
+        Some("mqtt://127.0.0.1:1883"),
+    )
 });
 
 /// Checks what every config error must satisfy, whatever the input.
@@ -341,7 +346,10 @@ fn apply(text: &str, m: &Mutation) -> String {
 #[test]
 fn both_config_bases_compile_so_mutations_start_from_valid_files() {
     // A mutation test whose base is already invalid would only ever exercise one error.
-    for (name, text) in [("etc/ms5-edge.toml", EXAMPLE), ("src/demo.toml", DEMO.as_str())] {
+    for (name, text) in [
+        ("etc/ms5-edge.toml", EXAMPLE),
+        ("src/demo.toml", DEMO.as_str()),
+    ] {
         match load_str(text, "fuzz.toml") {
             Ok(loaded) => assert!(!loaded.config.equipment.is_empty(), "{name}: no equipment"),
             Err(e) => panic!("{name} does not compile:\n{e}"),
@@ -474,7 +482,10 @@ fn json_value() -> impl Strategy<Value = Json> {
 /// Topic paths below `P/cmd/`: real commands, MQTT wildcards, unicode, very long.
 fn topic_path() -> impl Strategy<Value = String> {
     prop_oneof![
-        ("[A-Za-z0-9._-]{0,12}", proptest::sample::select(&COMMANDS[..]))
+        (
+            "[A-Za-z0-9._-]{0,12}",
+            proptest::sample::select(&COMMANDS[..])
+        )
             .prop_map(|(e, c)| format!("{e}/{c}")),
         "[/+#a-z]{0,20}",
         any::<String>(),
@@ -541,13 +552,119 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     ]
 }
 
+/// The type a command field must have.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Str,
+    U64,
+    F64,
+    Bool,
+}
+
+/// Each command's own fields: (name, type, required).
+fn schema(command: &str) -> &'static [(&'static str, Kind, bool)] {
+    use Kind::*;
+    match command {
+        "context" => &[
+            ("job_id", Str, false),
+            ("schedule_id", Str, false),
+            ("product_type_id", Str, false),
+            ("operator", Str, false),
+            ("target_speed", F64, false),
+            ("target_quantity", U64, false),
+        ],
+        "job/assign" => &[
+            ("job_id", Str, true),
+            ("target_quantity", U64, false),
+            ("product_type_id", Str, false),
+            ("schedule_id", Str, false),
+            ("target_speed", F64, false),
+        ],
+        "job/start" | "job/complete" | "job/cancel" => &[("job_id", Str, false)],
+        "changeover/start" => &[("product_type_id", Str, false), ("job_id", Str, false)],
+        "changeover/complete" => &[("failed", Bool, false)],
+        "planned-stop/start" => &[("reason", Str, false)],
+        "andon/ack" | "andon/resolve" => &[("andon_id", Str, true)],
+        "downtime/reason" => &[("downtime_id", Str, true), ("reason_code", Str, true)],
+        _ => &[],
+    }
+}
+
+fn field_value(kind: Kind) -> BoxedStrategy<Json> {
+    match kind {
+        Kind::Str => "[A-Za-z0-9._-]{1,16}".prop_map(Json::String).boxed(),
+        Kind::U64 => any::<u64>().prop_map(Json::from).boxed(),
+        Kind::F64 => (0.0f64..1e9).prop_map(Json::from).boxed(),
+        Kind::Bool => any::<bool>().prop_map(Json::Bool).boxed(),
+    }
+}
+
+/// A command valid for its schema (each optional field present or not), then with probability
+/// about 1/3 one field replaced by an arbitrary JSON value: the near misses a parser must refuse.
+fn near_valid_command() -> impl Strategy<Value = (String, Vec<u8>)> {
+    (
+        "[A-Za-z0-9._-]{1,12}",
+        proptest::sample::select(&COMMANDS[..12]),
+    )
+        .prop_flat_map(|(equipment, name)| {
+            let fields: Vec<_> = schema(name)
+                .iter()
+                .map(|&(_, kind, required)| {
+                    let value = field_value(kind);
+                    if required {
+                        value.prop_map(Some).boxed()
+                    } else {
+                        proptest::option::of(value).boxed()
+                    }
+                })
+                .collect();
+            (
+                Just(format!("{equipment}/{name}")),
+                Just(name),
+                fields,
+                proptest::option::weighted(0.35, (any::<Index>(), json_value())),
+                proptest::option::of("\\PC{1,20}"),
+            )
+        })
+        .prop_map(|(path, name, values, corrupt, note)| {
+            let mut m = serde_json::Map::new();
+            m.insert("request_id".into(), json!("r-1"));
+            m.insert("by".into(), json!("operator-7"));
+            if let Some(n) = note {
+                m.insert("note".into(), Json::String(n));
+            }
+            let schema = schema(name);
+            for (&(field, _, _), v) in schema.iter().zip(values) {
+                if let Some(v) = v {
+                    m.insert(field.to_string(), v);
+                }
+            }
+            if name == "context" && m.len() <= 3 {
+                m.insert("operator".into(), json!("jsmith"));
+            }
+            if let Some((i, v)) = corrupt {
+                let keys: Vec<String> = m.keys().cloned().collect();
+                let k = keys[i.index(keys.len())].clone();
+                m.insert(k, v);
+            }
+            (
+                path,
+                serde_json::to_vec(&Json::Object(m)).unwrap_or_default(),
+            )
+        })
+}
+
+/// Topic and body together: arbitrary pairs, and near-valid commands.
+fn command_case() -> impl Strategy<Value = (String, Vec<u8>)> {
+    prop_oneof![(topic_path(), body()), near_valid_command(),]
+}
+
 proptest! {
     #![proptest_config(config())]
 
     #[test]
     fn a_command_of_any_topic_and_body_parses_consistently_or_is_rejected_with_a_reason(
-        path in topic_path(),
-        payload in body(),
+        (path, payload) in command_case(),
     ) {
         let parsed: Option<Json> = serde_json::from_slice(&payload).ok();
         match parse(&path, &payload) {
@@ -1028,7 +1145,9 @@ proptest! {
             any::<String>(),
         ],
         t in data_type(),
-        count in prop_oneof![0u16..=4, any::<u16>()],
+        // Mostly small: a case with count = 65535 formats 65535 element names, and a few of
+        // those per run cover the top of the range without dominating the budget.
+        count in prop_oneof![150 => 0u16..=64, 40 => 65u16..=600, 1 => Just(u16::MAX)],
     ) {
         match Access::of(&tag, t, count) {
             Ok(Access::Scalar { tag: read }) => {
@@ -1038,10 +1157,14 @@ proptest! {
             Ok(Access::Elements { tags }) => {
                 prop_assert!(count > 1);
                 prop_assert_eq!(tags.len(), usize::from(count));
-                let mut distinct = tags.clone();
-                distinct.sort();
-                distinct.dedup();
-                prop_assert_eq!(distinct.len(), tags.len(), "elements read twice: {:?}", &tags[..tags.len().min(4)]);
+                // Consecutive elements from the first index: none read twice, none wrapped.
+                let index = |t: &str| t.rsplit_once('[').and_then(|(_, i)| i.strip_suffix(']')?.parse::<u64>().ok());
+                let first = index(&tags[0]);
+                prop_assert!(first.is_some(), "{:?}", &tags[0]);
+                let first = first.unwrap_or_default();
+                for (i, t) in tags.iter().enumerate() {
+                    prop_assert_eq!(index(t), Some(first + i as u64), "element {} of {:?}", i, &tag);
+                }
             }
             Ok(Access::Bits { word, bit, count: n }) => {
                 prop_assert_eq!(t, DataType::Bool);
@@ -1063,7 +1186,10 @@ fn an_array_tag_starting_at_the_top_of_the_index_range_is_accepted_by_config_and
         r#"faults       = { tag = "BasketLoader.Faults", type = "dint", count = 2 }"#,
         r#"faults       = { tag = "BasketLoader.Faults[4294967295]", type = "dint", count = 2 }"#,
     );
-    assert_ne!(text, EXAMPLE, "the example's loader fault signal moved: update this test");
+    assert_ne!(
+        text, EXAMPLE,
+        "the example's loader fault signal moved: update this test"
+    );
     let loaded = load_str(&text, "fuzz.toml").unwrap_or_else(|e| panic!("{e}"));
     let faults = loaded
         .config
@@ -1078,5 +1204,54 @@ fn an_array_tag_starting_at_the_top_of_the_index_range_is_accepted_by_config_and
     assert!(
         !matches!(&access, Ok(a) if a.reads().contains(&"BasketLoader.Faults[0]")),
         "the second element wrapped round to index 0: {access:?}"
+    );
+}
+
+/// The generators are not vacuous: from a fixed seed, the structured config edits give valid
+/// files, schema errors and syntax errors, and the command bodies give accepted commands as well
+/// as rejections. A generator that only ever produced garbage would pass every property above
+/// while testing one early return.
+#[test]
+fn the_generators_reach_both_the_accepting_and_the_refusing_paths() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    let mut runner = TestRunner::deterministic();
+    let edits = proptest::collection::vec(mutation(), 1..3);
+    let (mut valid, mut schema, mut syntax) = (0, 0, 0);
+    for _ in 0..300 {
+        let Ok(tree) = edits.new_tree(&mut runner) else {
+            panic!("the edit strategy cannot generate")
+        };
+        let mut text = EXAMPLE.to_string();
+        for m in &tree.current() {
+            text = apply(&text, m);
+        }
+        match load_str(&text, "fuzz.toml") {
+            Ok(_) => valid += 1,
+            Err(e) if e.0.iter().any(|e| !e.key.is_empty()) => schema += 1,
+            Err(_) => syntax += 1,
+        }
+    }
+    assert!(
+        valid >= 30 && schema >= 30 && syntax >= 30,
+        "300 edited examples: {valid} valid, {schema} with schema errors, {syntax} with syntax errors"
+    );
+
+    let commands = command_case();
+    let (mut accepted, mut rejected) = (0, 0);
+    for _ in 0..1000 {
+        let Ok(tree) = commands.new_tree(&mut runner) else {
+            panic!("the command strategy cannot generate")
+        };
+        let (path, payload) = tree.current();
+        match parse(&path, &payload) {
+            Ok(_) => accepted += 1,
+            Err(_) => rejected += 1,
+        }
+    }
+    assert!(
+        accepted >= 200 && rejected >= 200,
+        "1000 commands: {accepted} accepted, {rejected} rejected"
     );
 }
