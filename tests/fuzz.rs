@@ -15,7 +15,8 @@
 //! Every property runs [`cases()`] cases: `MS5_EDGE_FUZZ_CASES` if set, else [`DEFAULT_CASES`],
 //! chosen so the whole binary stays well under a minute on the 2-core CI machine in the debug
 //! build (see BENCHMARKS.md "Fuzzing" for the measured times). A longer local run:
-//! `MS5_EDGE_FUZZ_CASES=200000 cargo test --release --test fuzz`.
+//! `MS5_EDGE_FUZZ_CASES=100000 cargo test --test fuzz` — in the debug build on purpose: it keeps
+//! overflow checks, which is how the one bug found so far showed (release wraps silently).
 //!
 //! ## What must hold for any input
 //!
@@ -60,6 +61,11 @@ fn cases() -> u32 {
         },
         Err(_) => DEFAULT_CASES,
     }
+}
+
+/// The value, or a property failure saying `what` (no unwrap: the shrinker needs the failure).
+fn must<T>(value: Option<T>, what: &str) -> Result<T, TestCaseError> {
+    value.ok_or_else(|| TestCaseError::fail(what.to_string()))
 }
 
 fn config() -> ProptestConfig {
@@ -162,9 +168,10 @@ fn check_load(text: &str) -> Result<(), TestCaseError> {
     match load_str(text, "fuzz.toml") {
         Err(errors) => check_errors(text, &errors),
         Ok(first) => {
-            let again = load_str(text, "fuzz.toml");
-            prop_assert!(again.is_ok(), "a valid text fails on the second load");
-            let again = again.unwrap_or_else(|_| unreachable!());
+            let again = must(
+                load_str(text, "fuzz.toml").ok(),
+                "a valid text fails on the second load",
+            )?;
             prop_assert_eq!(&first.config, &again.config, "reloading changed the config");
             prop_assert_eq!(&first.warnings, &again.warnings);
             Ok(())
@@ -670,9 +677,10 @@ proptest! {
         match parse(&path, &payload) {
             Ok(cmd) => {
                 prop_assert!(payload.len() <= MAX_BODY);
-                let body = parsed.as_ref().and_then(Json::as_object);
-                prop_assert!(body.is_some(), "accepted a body that is not a JSON object");
-                let body = body.unwrap_or_else(|| unreachable!());
+                let body = must(
+                    parsed.as_ref().and_then(Json::as_object),
+                    "accepted a body that is not a JSON object",
+                )?;
                 prop_assert!(!cmd.request_id.is_empty());
                 prop_assert_eq!(Some(cmd.request_id.as_str()), body["request_id"].as_str());
                 prop_assert_eq!(Some(cmd.by.as_str()), body["by"].as_str());
@@ -728,8 +736,7 @@ proptest! {
         }
         let payload = serde_json::to_vec(&body).unwrap_or_default();
         let r = parse(&format!("BAG1/{name}"), &payload);
-        prop_assert!(r.is_err(), "accepted {body}");
-        let r = r.err().unwrap_or_else(|| unreachable!());
+        let r = must(r.err(), &format!("accepted {body}"))?;
         prop_assert!(r.error.contains(field), "{:?} does not name {field}", r.error);
         prop_assert_eq!(r.request_id.as_deref(), Some("r"));
     }
@@ -842,8 +849,7 @@ proptest! {
                     Raw::Bool(b) => Some(i128::from(b)),
                     Raw::Float(_) => None,
                 };
-                prop_assert!(back.is_ok());
-                let back = back.unwrap_or_else(|_| unreachable!());
+                let back = must(back.ok(), &format!("{t:?} {order:?} {regs:04X?} does not decode"))?;
                 prop_assert_eq!(as_i128(back), as_i128(raw), "{:?} {:?} {:04X?}", t, order, regs);
             }
             None => {
@@ -1002,9 +1008,7 @@ proptest! {
         for (span, p) in spans.iter().zip(&placements) {
             match (span, p) {
                 (Some(s), Ok(p)) => {
-                    let r = requests.get(p.request);
-                    prop_assert!(r.is_some());
-                    let r = r.copied().unwrap_or_else(|| unreachable!());
+                    let r = must(requests.get(p.request).copied(), &format!("no request {}", p.request))?;
                     prop_assert_eq!(r.table, s.table);
                     prop_assert_eq!(u32::from(p.length), s.len);
                     prop_assert_eq!(u32::from(r.start) + u32::from(p.offset), u32::from(s.start));
@@ -1111,8 +1115,7 @@ proptest! {
         let mut bytes = payload.clone();
         bytes.extend_from_slice(&trailing);
         let back = decode_payload(code, &bytes);
-        prop_assert!(back.is_ok(), "{:?}", back);
-        let back = back.unwrap_or_else(|_| unreachable!());
+        let back = must(back.clone().ok(), &format!("{value:?}: {back:?}"))?;
         prop_assert!(same(&back, &value), "{value:?} came back as {back:?}");
         // One byte short of the payload is an error, never a panic or a value from nothing.
         let short = decode_payload(code, &payload[..payload.len() - 1]);
