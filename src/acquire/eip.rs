@@ -138,7 +138,7 @@ impl Access {
             None => (tag, 0),
         };
         let tags = (0..u32::from(count))
-            .map(|i| format!("{base}[{}]", first + i))
+            .map(|i| format!("{base}[{}]", u64::from(first) + u64::from(i)))
             .collect();
         Ok(Access::Elements { tags })
     }
