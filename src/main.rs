@@ -109,7 +109,7 @@ fn print_errors(errors: &ConfigErrors) {
 fn check_config(path: &std::path::Path) -> ExitCode {
     match config::load_file(path) {
         Ok(loaded) => {
-            for w in &loaded.warnings {
+            for w in loaded.warnings.iter().chain(&loaded.notices) {
                 eprintln!("warning: {w}");
             }
             let c = &loaded.config;
@@ -182,11 +182,21 @@ async fn wait_for_signal() {
     while let Signal::Reload = signals.next().await {}
 }
 
+/// Legal but unusual settings (`timeout_ms` > `poll_interval_ms`, …): logged, never fatal.
+fn log_notices(notices: &[ms5_edge::config::ConfigError]) {
+    for n in notices {
+        tracing::warn!(warning = %n, "configuration warning");
+    }
+}
+
 /// Re-reads `path` for a reload: the new configuration when it is valid for `run` (files it
 /// names must exist), else every error logged and `None` (the running configuration stays).
 fn reload_config(path: &std::path::Path, notifier: &ms5_edge::notify::Notifier) -> Option<Config> {
     let problems = match config::load_file(path) {
-        Ok(loaded) if loaded.warnings.is_empty() => return Some(loaded.config),
+        Ok(loaded) if loaded.warnings.is_empty() => {
+            log_notices(&loaded.notices);
+            return Some(loaded.config);
+        }
         Ok(loaded) => loaded.warnings,
         Err(errors) => errors.0,
     };
@@ -226,6 +236,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         print_errors(&ConfigErrors(loaded.warnings));
         return ExitCode::from(2);
     }
+    log_notices(&loaded.notices);
     let path = path.to_path_buf();
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
