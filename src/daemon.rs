@@ -84,6 +84,24 @@ pub enum DaemonError {
     Core(String),
 }
 
+/// Exit status of `ms5-edge run` when the database file was deleted or replaced under it
+/// (SPEC §7 "The database file"): systemd restarts the unit on a fresh database.
+pub const EXIT_DATABASE_GONE: u8 = 3;
+
+/// How often the core checks that the database file is still the one it opened.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+impl DaemonError {
+    /// The process exit status for this error: [`EXIT_DATABASE_GONE`] when the database file
+    /// went away, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Store(StoreError::FileGone { .. }) => EXIT_DATABASE_GONE,
+            _ => 1,
+        }
+    }
+}
+
 /// What the daemon shows to the demo view and tests while it runs.
 #[derive(Debug, Clone, Default)]
 pub struct DaemonView {
@@ -179,6 +197,12 @@ pub async fn run_with_reload(
         // failed: its poll channel closed, so every PLC task returned).
         let next = loop {
             tokio::select! {
+                // The core ended by itself (e.g. the database file went away): stop at once,
+                // without waiting for PLC tasks to notice the closed channel.
+                _ = pipeline.core_done.notified() => {
+                    tracing::error!("the core stopped by itself; stopping the pipeline");
+                    break None;
+                }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         break None;
@@ -248,6 +272,8 @@ struct Pipeline {
     /// Resolves when every PLC task has returned.
     plcs_done: tokio::task::JoinHandle<()>,
     core: std::thread::JoinHandle<Result<Vec<Event>, DaemonError>>,
+    /// Notified when the core thread's loop returns (a stored permit if nobody waits yet).
+    core_done: Arc<Notify>,
     uplink: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -286,7 +312,9 @@ impl Pipeline {
         let (status_tx, status_rx) = watch::channel(status.clone());
 
         // The core thread: engine + SQLite writer.
+        let core_done = Arc::new(Notify::new());
         let core = {
+            let done = core_done.clone();
             let parts = CoreParts {
                 config: config.clone(),
                 clock,
@@ -312,7 +340,9 @@ impl Pipeline {
                         .enable_time()
                         .build()
                         .map_err(|e| DaemonError::Core(e.to_string()))?;
-                    rt.block_on(core_loop(parts))
+                    let result = rt.block_on(core_loop(parts));
+                    done.notify_one();
+                    result
                 })
                 .map_err(|e| DaemonError::Core(e.to_string()))?
         };
@@ -369,6 +399,7 @@ impl Pipeline {
             retire,
             plcs_done,
             core,
+            core_done,
             uplink,
         })
     }
@@ -526,6 +557,7 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
     }
     let mut beat = tokio::time::interval(beat_every);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_file_check = Instant::now() + FILE_CHECK_EVERY;
     let mut closed = false;
     while !closed {
         let mut reports = Vec::new();
@@ -539,6 +571,19 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 None => commands_open = false,
             },
             _ = beat.tick() => {}
+        }
+        // A database file deleted or replaced under us: every later commit would go to a file
+        // nobody can see. Stop (exit status 3) so that systemd restarts on a fresh database.
+        if Instant::now() >= next_file_check {
+            next_file_check = Instant::now() + FILE_CHECK_EVERY;
+            if let Err(e) = p.store.check_file() {
+                tracing::error!(
+                    error = %e,
+                    uncommitted = pending.len(),
+                    "DATABASE FILE GONE: stopping with exit status {EXIT_DATABASE_GONE} so that the service restarts on a new database (a new stream)"
+                );
+                return Err(e.into());
+            }
         }
         // Take whatever else is already queued: one transaction for the lot.
         while reports.len() < 512 {

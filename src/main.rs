@@ -281,7 +281,11 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "ms5-edge stopped");
-            ExitCode::FAILURE
+            // 3: the database file went away; systemd restarts on a new one (operating.md).
+            match e.downcast_ref::<ms5_edge::daemon::DaemonError>() {
+                Some(d) => ExitCode::from(d.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
