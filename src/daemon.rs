@@ -35,6 +35,14 @@
 //! between the two sessions). An invalid file never reaches this module: `ms5-edge run` checks
 //! it and keeps the running configuration.
 //!
+//! ## P/status
+//!
+//! The core owns the `P/status` payload and keeps it in a watch channel the uplink reads. The
+//! value is refreshed at least every second (silently), so whatever the uplink publishes —
+//! on connect, on its 60 s timer — carries current health; the channel is *notified* (the
+//! uplink publishes at once) only when a health counter changes: a PLC's error state, the
+//! drop and loss counts, entering or leaving the disk-full state.
+//!
 //! ## systemd
 //!
 //! `READY=1` is sent when the core has opened the database and restored every equipment and
@@ -68,6 +76,15 @@ const PENDING_CAP: usize = crate::store::pending::PENDING_CAP;
 
 /// How often the systemd `STATUS=` line is recomputed (it counts the outbox).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// How stale the `health` in the `P/status` watch may get between counter changes. Rebuilding
+/// it on every batch would cost CPU at fast poll rates for a message sent once a minute.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Test-only knob: `N` makes the core notify the `P/status` watch every `N` s (so the uplink
+/// republishes what it holds), standing in for the uplink's 60 s timer in
+/// `tests/status_health.rs`. Never set in production.
+const STATUS_KNOB: &str = "MS5_EDGE_TEST_STATUS_S";
 
 /// Test-only knob (like the store's `MS5_EDGE_TEST_*`): `NAME:N` lets PLC `NAME` deliver `N`
 /// poll reports and then blocks its task on a channel nobody reads, which is exactly what a
@@ -558,6 +575,9 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
     let mut beat = tokio::time::interval(beat_every);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut next_file_check = Instant::now() + FILE_CHECK_EVERY;
+    let mut next_status_refresh = Instant::now();
+    let status_republish = status_republish_knob();
+    let mut next_republish = Instant::now();
     let mut closed = false;
     while !closed {
         let mut reports = Vec::new();
@@ -775,18 +795,24 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
             last_store_key = store_key;
             status_changed = true;
         }
-        if status_changed {
-            let store_health = p.store.health(pending.len());
-            let mut s = p.status_base.clone();
-            s["health"] = serde_json::json!({
-                "plcs": health.iter().map(|(k, (t, c))| (k.clone(), serde_json::json!({
-                    "online": c.consecutive_failures == 0,
-                    "last_poll": rfc3339_ms(*t),
-                    "counters": c,
-                }))).collect::<serde_json::Map<_, _>>(),
-                "store": store_health,
+        // The watch always holds the current health (at most STATUS_REFRESH old), so every
+        // `P/status` the uplink publishes — on connect, on its 60 s timer — is current; the
+        // receiver is *notified* (an immediate publish) only when a health counter changed.
+        let mono_now = Instant::now();
+        if status_changed || mono_now >= next_status_refresh {
+            next_status_refresh = mono_now + STATUS_REFRESH;
+            let s = status_payload(&p.status_base, &health, p.store.health(pending.len()));
+            p.status.send_if_modified(|current| {
+                *current = s;
+                status_changed
             });
-            let _ = p.status.send(s);
+        }
+        if let Some(every) = status_republish {
+            if mono_now >= next_republish {
+                next_republish = mono_now + every;
+                // Test knob: publish what the watch holds now, without refreshing it first.
+                p.status.send_modify(|_| {});
+            }
         }
         let pending_len = pending.len();
         p.view.send_modify(|v| {
@@ -855,6 +881,35 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
         }
     }
     Ok(pending)
+}
+
+/// The `P/status` payload: the birth fields plus the current `health` section.
+fn status_payload(
+    base: &serde_json::Value,
+    health: &BTreeMap<String, (i64, PlcCounters)>,
+    store: crate::store::StoreHealth,
+) -> serde_json::Value {
+    let mut s = base.clone();
+    s["health"] = serde_json::json!({
+        "plcs": health.iter().map(|(k, (t, c))| (k.clone(), serde_json::json!({
+            "online": c.consecutive_failures == 0,
+            "last_poll": rfc3339_ms(*t),
+            "counters": c,
+        }))).collect::<serde_json::Map<_, _>>(),
+        "store": store,
+    });
+    s
+}
+
+/// The [`STATUS_KNOB`] period, if set (logged at warn: tests only).
+fn status_republish_knob() -> Option<Duration> {
+    let secs: u64 = std::env::var(STATUS_KNOB).ok()?.trim().parse().ok()?;
+    tracing::warn!(
+        knob = STATUS_KNOB,
+        value = secs,
+        "test knob set in the environment"
+    );
+    Some(Duration::from_secs(secs.max(1)))
 }
 
 fn describe_event(e: &Event) -> String {
