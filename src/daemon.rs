@@ -587,7 +587,28 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 None => closed = true,
             },
             c = p.commands.recv(), if commands_open => match c {
-                Some(c) => pending.extend(apply_command(&p, &mut engine, &c)),
+                Some(c) => {
+                    let done = apply_command(
+                        &mut p.store,
+                        &mut engine,
+                        &mut pending,
+                        p.clock.now_ms(),
+                        p.config.telemetry.store_and_forward,
+                        &c,
+                    );
+                    if let Some(seq) = done.committed_seq {
+                        last_seq = last_seq.max(seq);
+                        p.notify.notify_one();
+                    }
+                    recent.extend(done.events.iter().map(describe_event));
+                    // Replied only now: ok:true means committed (SPEC §7 "Replies after commit").
+                    let _ = p.live.try_send(LiveMessage {
+                        topic: "reply".into(),
+                        payload: done.reply.to_string(),
+                        qos: rumqttc::QoS::AtLeastOnce,
+                        retain: false,
+                    });
+                }
                 None => commands_open = false,
             },
             _ = beat.tick() => {}
@@ -955,33 +976,275 @@ fn describe_event(e: &Event) -> String {
     }
 }
 
-/// Parses and applies one command; replies exactly once on `P/reply`.
-fn apply_command(p: &CoreParts, engine: &mut Engine, cmd: &InboundCommand) -> Vec<Event> {
-    let now = p.clock.now_ms();
-    let (reply, events) = match crate::engine::command::parse(&cmd.path, &cmd.payload) {
-        Err(rejected) => (
-            serde_json::json!({"request_id": rejected.request_id, "ok": false, "error": rejected.error}),
-            Vec::new(),
-        ),
-        Ok(parsed) => match engine.on_command(now, &parsed) {
-            Ok(events) => (
-                serde_json::json!({"request_id": parsed.request_id, "ok": true}),
-                events,
-            ),
-            Err(error) => (
-                serde_json::json!({"request_id": parsed.request_id, "ok": false, "error": error}),
-                Vec::new(),
-            ),
-        },
+/// What handling one command came to: the reply to send and what was committed.
+struct CommandDone {
+    reply: serde_json::Value,
+    /// The events the command caused, committed (empty when it was refused).
+    events: Vec<Event>,
+    /// Highest outbox seq committed on the way (the backlog and the command's events).
+    committed_seq: Option<i64>,
+}
+
+/// Parses and applies one command and commits the events it caused *before* the reply is
+/// decided (SPEC §7 "Replies after commit"): `ok:true` only once they are committed.
+///
+/// Events still waiting from a full disk are committed first (their seqs come first). If the
+/// command's events cannot be committed — the disk is full, or any other store error — the
+/// engine is put back exactly as it was before the command and the reply is `ok:false`,
+/// `"not committed: …"`: the command's change is not kept, and nothing of it waits in memory.
+/// The engine's memory is committed with the command's events, so a restart keeps the change.
+fn apply_command(
+    store: &mut Store,
+    engine: &mut Engine,
+    pending: &mut Vec<Event>,
+    now_ms: i64,
+    telemetry_to_outbox: bool,
+    cmd: &InboundCommand,
+) -> CommandDone {
+    let refuse = |request_id: Option<String>, error: String| {
+        tracing::info!(command = %cmd.path, %error, "command rejected");
+        CommandDone {
+            reply: serde_json::json!({"request_id": request_id, "ok": false, "error": error}),
+            events: Vec::new(),
+            committed_seq: None,
+        }
     };
-    if reply["ok"] == false {
-        tracing::info!(command = %cmd.path, error = %reply["error"], "command rejected");
+    let parsed = match crate::engine::command::parse(&cmd.path, &cmd.payload) {
+        Ok(parsed) => parsed,
+        Err(rejected) => return refuse(rejected.request_id, rejected.error),
+    };
+    let rid = Some(parsed.request_id.clone());
+    // The whole engine, so that a failed commit can undo the command completely. Commands are
+    // rare (budgeted by the uplink); a clone per command is cheap next to an fsync.
+    let before = engine.clone();
+    let events = match engine.on_command(now_ms, &parsed) {
+        Ok(events) => events,
+        Err(error) => return refuse(rid, error),
+    };
+    let mut committed_seq = None;
+    let mut backlog_error = None;
+    if !pending.is_empty() {
+        match commit_backlog(store, pending, telemetry_to_outbox, now_ms) {
+            Ok(seq) => committed_seq = seq,
+            Err(e) => backlog_error = Some(e),
+        }
     }
-    let _ = p.live.try_send(LiveMessage {
-        topic: "reply".into(),
-        payload: reply.to_string(),
-        qos: rumqttc::QoS::AtLeastOnce,
-        retain: false,
-    });
-    events
+    let result = match backlog_error {
+        Some(e) => Err(e),
+        None => store
+            .commit(&Batch {
+                events: &events,
+                telemetry_to_outbox,
+                health: Vec::new(),
+                heartbeat_ms: now_ms,
+                memories: engine.memories(),
+            })
+            .map(|seqs| seqs.into_iter().max()),
+    };
+    match result {
+        Ok(seq) => CommandDone {
+            reply: serde_json::json!({"request_id": rid, "ok": true}),
+            events,
+            committed_seq: seq.or(committed_seq),
+        },
+        Err(e) => {
+            *engine = before;
+            let why = match e {
+                StoreError::Full(_) => "disk full".to_string(),
+                other => other.to_string(),
+            };
+            tracing::warn!(command = %cmd.path, reason = %why, "command not applied: its events could not be committed");
+            let mut done = refuse(rid, format!("not committed: {why}"));
+            done.committed_seq = committed_seq;
+            done
+        }
+    }
+}
+
+/// Commits every event waiting in `pending` (oldest first, in chunks of [`FULL_CHUNK`] once
+/// the whole lot does not fit), removing what was committed. `Err` when some remain.
+fn commit_backlog(
+    store: &mut Store,
+    pending: &mut Vec<Event>,
+    telemetry_to_outbox: bool,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    let mut max_seq = None;
+    let mut committed = 0;
+    let mut last_error = None;
+    while committed < pending.len() {
+        let end = (committed + FULL_CHUNK).min(pending.len());
+        let chunk = Batch {
+            events: &pending[committed..end],
+            telemetry_to_outbox,
+            health: Vec::new(),
+            heartbeat_ms: now_ms,
+            memories: Vec::new(),
+        };
+        match store.commit(&chunk) {
+            Ok(seqs) => {
+                max_seq = seqs.into_iter().max().or(max_seq);
+                committed = end;
+            }
+            Err(e) => {
+                last_error = Some(e);
+                break;
+            }
+        }
+    }
+    pending.drain(..committed);
+    match last_error {
+        Some(e) => Err(e),
+        None => Ok(max_seq),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MachineState;
+    use crate::store::{Limits, ReadOnly};
+
+    const BAGGER: &str = "BP01.PACK.BAG1";
+    const NOW: i64 = 1_780_000_000_000;
+
+    fn engine() -> Engine {
+        let text = crate::demo::config_text(1502, 1503, "/tmp/unused", None);
+        let config = crate::config::load_str(&text, "t.toml")
+            .expect("demo config")
+            .config;
+        Engine::new(&config, NOW)
+    }
+
+    fn context_command(request_id: &str) -> InboundCommand {
+        InboundCommand {
+            path: format!("{BAGGER}/context"),
+            payload: format!(r#"{{"request_id":"{request_id}","by":"test","operator":"alice"}}"#)
+                .into_bytes(),
+        }
+    }
+
+    fn state_change(at_ms: i64) -> Event {
+        Event::StateChanged {
+            equipment: BAGGER.into(),
+            from: MachineState::Running,
+            to: MachineState::Stopped,
+            at_ms,
+        }
+    }
+
+    /// A store whose page limit is reached: the next commit fails with `StoreError::Full`.
+    fn full_store(dir: &std::path::Path) -> Store {
+        let pages: u64 = {
+            let s = Store::open(dir).expect("store");
+            drop(s);
+            let conn = rusqlite::Connection::open(dir.join(crate::store::DB_FILE)).unwrap();
+            conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+                .unwrap() as u64
+        };
+        let limits = Limits {
+            max_page_count: Some(pages + 4),
+            ..Limits::default()
+        };
+        let mut store = Store::open_with(dir, limits).expect("store with a page limit");
+        for i in 0..100_000 {
+            let events = vec![state_change(NOW + i)];
+            match store.commit(&Batch {
+                events: &events,
+                ..Batch::default()
+            }) {
+                Ok(_) => continue,
+                Err(StoreError::Full(_)) => return store,
+                Err(e) => panic!("unexpected store error {e}"),
+            }
+        }
+        panic!("the page limit was never reached");
+    }
+
+    #[test]
+    fn a_command_is_acknowledged_only_with_its_events_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut engine = engine();
+        let mut pending = Vec::new();
+        let done = apply_command(
+            &mut store,
+            &mut engine,
+            &mut pending,
+            NOW,
+            false,
+            &context_command("r1"),
+        );
+        assert_eq!(done.reply["ok"], true, "{}", done.reply);
+        assert_eq!(done.reply["request_id"], "r1");
+        assert!(!done.events.is_empty(), "a context change is an event");
+        let snap = ReadOnly::open(dir.path()).unwrap().snapshot().unwrap();
+        assert_eq!(
+            snap.outbox_max_seq, done.committed_seq,
+            "the reply's events are in the outbox already"
+        );
+        assert!(snap.outbox_max_seq.is_some());
+    }
+
+    #[test]
+    fn events_waiting_from_a_full_disk_are_committed_ahead_of_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut engine = engine();
+        let mut pending = vec![state_change(NOW - 10)];
+        let done = apply_command(
+            &mut store,
+            &mut engine,
+            &mut pending,
+            NOW,
+            false,
+            &context_command("r2"),
+        );
+        assert_eq!(done.reply["ok"], true, "{}", done.reply);
+        assert!(pending.is_empty(), "the backlog went first");
+        assert_eq!(done.committed_seq, Some(2), "backlog seq 1, the command's event seq 2");
+    }
+
+    #[test]
+    fn a_command_that_cannot_be_committed_on_a_full_disk_is_refused_and_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = full_store(dir.path());
+        let mut engine = engine();
+        let before = engine.memories();
+        let mut pending = Vec::new();
+        let done = apply_command(
+            &mut store,
+            &mut engine,
+            &mut pending,
+            NOW,
+            false,
+            &context_command("r3"),
+        );
+        assert_eq!(done.reply["ok"], false, "{}", done.reply);
+        assert_eq!(done.reply["request_id"], "r3");
+        assert_eq!(done.reply["error"], "not committed: disk full");
+        assert!(done.events.is_empty());
+        assert!(pending.is_empty(), "nothing of the command waits in memory");
+        assert_eq!(engine.memories(), before, "the command's change is not kept");
+    }
+
+    #[test]
+    fn with_a_backlog_that_still_does_not_fit_the_command_is_refused_and_the_backlog_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = full_store(dir.path());
+        let mut engine = engine();
+        let before = engine.memories();
+        let mut pending = vec![state_change(NOW - 10)];
+        let done = apply_command(
+            &mut store,
+            &mut engine,
+            &mut pending,
+            NOW,
+            false,
+            &context_command("r4"),
+        );
+        assert_eq!(done.reply["ok"], false, "{}", done.reply);
+        assert_eq!(pending.len(), 1, "the backlog still waits, in order");
+        assert_eq!(engine.memories(), before);
+    }
 }
