@@ -718,7 +718,7 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 .collect(),
             heartbeat_ms: now_ms,
             memories: if save_memory {
-                engine.memories()
+                p.store.memories_of(&engine)
             } else {
                 Vec::new()
             },
@@ -756,16 +756,17 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 if matches!(e, StoreError::Full(_)) {
                     while committed < pending.len() {
                         let end = (committed + FULL_CHUNK).min(pending.len());
+                        let memories = if end == pending.len() {
+                            p.store.memories_of(&engine)
+                        } else {
+                            Vec::new()
+                        };
                         let chunk = Batch {
                             events: &pending[committed..end],
                             telemetry_to_outbox: to_outbox,
                             health: Vec::new(),
                             heartbeat_ms: p.clock.now_ms(),
-                            memories: if end == pending.len() {
-                                engine.memories()
-                            } else {
-                                Vec::new()
-                            },
+                            memories,
                         };
                         match p.store.commit(&chunk) {
                             Ok(seqs) => {
@@ -1031,15 +1032,18 @@ fn apply_command(
     }
     let result = match backlog_error {
         Some(e) => Err(e),
-        None => store
-            .commit(&Batch {
-                events: &events,
-                telemetry_to_outbox,
-                health: Vec::new(),
-                heartbeat_ms: now_ms,
-                memories: engine.memories(),
-            })
-            .map(|seqs| seqs.into_iter().max()),
+        None => {
+            let memories = store.memories_of(engine);
+            store
+                .commit(&Batch {
+                    events: &events,
+                    telemetry_to_outbox,
+                    health: Vec::new(),
+                    heartbeat_ms: now_ms,
+                    memories,
+                })
+                .map(|seqs| seqs.into_iter().max())
+        }
     };
     match result {
         Ok(seq) => CommandDone {

@@ -260,6 +260,10 @@ pub struct Store {
     recovered: Option<Recovered>,
     /// Bumped whenever [`Store::health`] changes, so the core republishes `P/status`.
     health_version: u64,
+    /// Equipment whose memory currently fails to serialise (one error line per episode).
+    memory_failing: std::collections::BTreeSet<String>,
+    /// Memory failures since start (serialise or parse), for `health.store.memory_errors`.
+    memory_errors: u64,
     /// (device, inode) of the file at [`Store::path`] once it was opened and checked; `None`
     /// when it could not be read (then [`Store::check_file`] only notices a deletion).
     file_id: Option<(u64, u64)>,
@@ -338,6 +342,14 @@ pub struct StoreHealth {
     pub drops: bounds::DropReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<Recovered>,
+    /// Engine memories that could not be serialised (not saved) or parsed at start (saved
+    /// aside, see [`domain`]), since start. Absent while zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub memory_errors: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Rows a retention step deletes at most.
@@ -456,6 +468,8 @@ impl Store {
             drops,
             recovered,
             health_version: 0,
+            memory_failing: Default::default(),
+            memory_errors: 0,
             file_id,
         })
     }
@@ -679,6 +693,7 @@ impl Store {
             pending,
             drops,
             recovered: self.recovered.clone(),
+            memory_errors: self.memory_errors,
         }
     }
 
