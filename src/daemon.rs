@@ -46,7 +46,9 @@
 //! ## systemd
 //!
 //! `READY=1` is sent when the core has opened the database and restored every equipment and
-//! every PLC task has been spawned (see [`crate::notify`] for what the watchdog means).
+//! every PLC task has been spawned (see [`crate::notify`] for what the watchdog means). The
+//! integrity check of the open runs before it; while it runs, `EXTEND_TIMEOUT_USEC=` is sent
+//! every 2 s so a large database never trips `TimeoutStartSec`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -104,6 +106,11 @@ pub enum DaemonError {
 /// Exit status of `ms5-edge run` when the database file was deleted or replaced under it
 /// (SPEC §7 "The database file"): systemd restarts the unit on a fresh database.
 pub const EXIT_DATABASE_GONE: u8 = 3;
+
+/// While the database is being opened and checked, systemd is asked every
+/// `OPEN_EXTEND_EVERY` for `OPEN_EXTEND_BY` more (`EXTEND_TIMEOUT_USEC`).
+const OPEN_EXTEND_EVERY: Duration = Duration::from_secs(2);
+const OPEN_EXTEND_BY: Duration = Duration::from_secs(10);
 
 /// How often the core checks that the database file is still the one it opened.
 const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -307,9 +314,30 @@ impl Pipeline {
         let clock = Clock::system();
         let data_dir = config.gateway.data_dir.clone();
         let limits = crate::store::Limits::from_storage(&config.storage);
-        let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, limits))
-            .await
-            .map_err(|e| DaemonError::Core(e.to_string()))??;
+        // Opening runs `PRAGMA quick_check`, O(database size): seconds to minutes for a large
+        // database on an SD card. It stays *before* READY=1 (a corrupt file must be moved aside
+        // before anything reads or writes it), and systemd is asked for more time while it
+        // runs, so TimeoutStartSec never kills a healthy check.
+        let opening = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, limits));
+        tokio::pin!(opening);
+        let started = tokio::time::Instant::now();
+        let mut extend = tokio::time::interval_at(started + OPEN_EXTEND_EVERY, OPEN_EXTEND_EVERY);
+        let store = loop {
+            tokio::select! {
+                opened = &mut opening => break opened,
+                _ = extend.tick() => {
+                    let waited = started.elapsed().as_secs();
+                    if waited < OPEN_EXTEND_EVERY.as_secs() * 2 {
+                        tracing::info!("checking the database (PRAGMA quick_check); a large database takes a while");
+                    }
+                    notifier.extend_timeout(
+                        OPEN_EXTEND_BY,
+                        &format!("checking the database integrity ({waited} s so far)"),
+                    );
+                }
+            }
+        }
+        .map_err(|e| DaemonError::Core(e.to_string()))??;
         let stream = store.stream().to_string();
         tracing::info!(db = %store.path().display(), %stream, "database open");
 

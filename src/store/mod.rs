@@ -43,7 +43,9 @@
 //! coarse (1 MiB) or the condition cannot be produced otherwise without root:
 //! `MS5_EDGE_TEST_MAX_OUTBOX_BYTES` overrides `max_outbox_mb` with a byte count, and
 //! `MS5_EDGE_TEST_MAX_PAGE_COUNT` sets `PRAGMA max_page_count` on the core's connection so that
-//! `SQLITE_FULL` happens on a small database. Both are logged at `warn` when used.
+//! `SQLITE_FULL` happens on a small database. `MS5_EDGE_TEST_SLOW_CHECK_MS` makes the
+//! integrity check of an open take that much longer (a large database on an SD card, for the
+//! systemd start-up timeout test). All are logged at `warn` when used.
 
 pub mod bounds;
 pub mod domain;
@@ -432,6 +434,10 @@ impl Store {
     fn open_checked(path: &Path, limits: Limits) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
+        if let Some(ms) = test_knob("MS5_EDGE_TEST_SLOW_CHECK_MS") {
+            // Test only: what a quick_check of a large database on an SD card looks like.
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         if let Err(c) = recovery::quick_check(&conn)? {
             return Err(StoreError::Corrupt(c.reason));
         }
