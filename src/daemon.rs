@@ -1234,7 +1234,11 @@ mod tests {
         );
         assert_eq!(done.reply["ok"], true, "{}", done.reply);
         assert!(pending.is_empty(), "the backlog went first");
-        assert_eq!(done.committed_seq, Some(2), "backlog seq 1, the command's event seq 2");
+        assert_eq!(
+            done.committed_seq,
+            Some(2),
+            "backlog seq 1, the command's event seq 2"
+        );
     }
 
     #[test]
@@ -1257,7 +1261,11 @@ mod tests {
         assert_eq!(done.reply["error"], "not committed: disk full");
         assert!(done.events.is_empty());
         assert!(pending.is_empty(), "nothing of the command waits in memory");
-        assert_eq!(engine.memories(), before, "the command's change is not kept");
+        assert_eq!(
+            engine.memories(),
+            before,
+            "the command's change is not kept"
+        );
     }
 
     #[test]

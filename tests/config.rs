@@ -598,7 +598,11 @@ fn a_timeout_longer_than_the_poll_interval_is_a_warning_that_never_stops_run() {
     assert_eq!(n.line, line_of(&text, "timeout_ms"));
     assert!(n.message.contains("longer than the poll interval"), "{n}");
     let bagger = &loaded.config.plcs[0];
-    assert_eq!((bagger.poll_interval_ms, bagger.timeout_ms), (100, 300), "kept as written");
+    assert_eq!(
+        (bagger.poll_interval_ms, bagger.timeout_ms),
+        (100, 300),
+        "kept as written"
+    );
 }
 
 #[test]

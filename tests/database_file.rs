@@ -31,7 +31,11 @@ async fn exit_within(daemon: &mut DaemonProcess, limit: Duration) -> (Option<i32
     (status.and_then(|s| s.code()), started.elapsed())
 }
 
-async fn start_and_wait_for_stream(config: &Path, data: &Path, log: &Path) -> (DaemonProcess, String) {
+async fn start_and_wait_for_stream(
+    config: &Path,
+    data: &Path,
+    log: &Path,
+) -> (DaemonProcess, String) {
     let daemon = DaemonProcess::start(config, log);
     let mut stream = None;
     wait_for("the daemon to commit", Duration::from_secs(20), || {
@@ -73,15 +77,24 @@ async fn a_database_deleted_under_the_daemon_makes_it_exit_3_and_the_restart_beg
     let moved: Vec<_> = std::fs::read_dir(&data)
         .unwrap()
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().contains(".corrupt-") && p.to_string_lossy().ends_with("-wal"))
+        .filter(|p| {
+            p.to_string_lossy().contains(".corrupt-") && p.to_string_lossy().ends_with("-wal")
+        })
         .collect();
-    assert_eq!(moved.len(), 1, "the orphaned WAL is moved aside, not replayed: {moved:?}");
+    assert_eq!(
+        moved.len(),
+        1,
+        "the orphaned WAL is moved aside, not replayed: {moved:?}"
+    );
     assert!(
         second.log_text().contains("DATABASE MISSING"),
         "{}",
         second.log_text()
     );
-    assert!(second.child.try_wait().unwrap().is_none(), "the restart runs");
+    assert!(
+        second.child.try_wait().unwrap().is_none(),
+        "the restart runs"
+    );
     assert!(second.terminate().success());
 }
 

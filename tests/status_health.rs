@@ -58,6 +58,9 @@ async fn periodic_status_messages_carry_the_current_poll_counts() {
         last_polls.windows(2).any(|w| w[0] < w[1]),
         "last_poll moves on between messages: {last_polls:?}"
     );
-    assert!(daemon.log_text().contains("MS5_EDGE_TEST_STATUS_S"), "the knob is logged");
+    assert!(
+        daemon.log_text().contains("MS5_EDGE_TEST_STATUS_S"),
+        "the knob is logged"
+    );
     assert!(daemon.terminate().success());
 }

@@ -83,7 +83,8 @@ use super::{
     SignalSource, Signals, Storage, Telemetry,
 };
 use syntax::{
-    check_name, check_tag, check_tag_elements, fmt_hhmm, parse_hhmm, parse_modbus_address, parse_mqtt_url, Problem,
+    check_name, check_tag, check_tag_elements, fmt_hhmm, parse_hhmm, parse_modbus_address,
+    parse_mqtt_url, Problem,
 };
 use walk::{did_you_mean, Ctx, Need, Span, Table, Value};
 

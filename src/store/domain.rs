@@ -414,7 +414,11 @@ mod tests {
         assert_ne!(store.health_version(), version, "P/status is republished");
         let files = rejected_files(dir.path());
         assert_eq!(files.len(), 1, "{files:?}");
-        assert_eq!(std::fs::read_to_string(&files[0]).unwrap(), raw, "kept as it was");
+        assert_eq!(
+            std::fs::read_to_string(&files[0]).unwrap(),
+            raw,
+            "kept as it was"
+        );
         assert!(files[0].to_string_lossy().ends_with("-BAG1.json"));
     }
 

@@ -153,8 +153,9 @@ mod tests {
             .filter(|p| p.to_string_lossy().contains(".corrupt-"))
             .collect();
         assert_eq!(moved.len(), 2, "{moved:?}");
-        assert!(moved.iter().any(|p| std::fs::read(p).unwrap()
-            == b"a WAL of a database deleted under the daemon"));
+        assert!(moved
+            .iter()
+            .any(|p| std::fs::read(p).unwrap() == b"a WAL of a database deleted under the daemon"));
         assert!(uuid::Uuid::parse_str(store.stream()).is_ok());
     }
 

@@ -307,11 +307,17 @@ mod tests {
         assert!(check_tag_elements("Arr[4294967290]", false, 6).is_ok());
         let (key, p) = check_tag_elements("Arr[4294967290]", false, 10).unwrap_err();
         assert_eq!(key, "count");
-        assert!(p.message.contains("run past the largest array index"), "{p:?}");
+        assert!(
+            p.message.contains("run past the largest array index"),
+            "{p:?}"
+        );
         let (key, _) = check_tag_elements("Arr[99999999999]", false, 2).unwrap_err();
         assert_eq!(key, "tag");
         assert!(check_tag_elements("M[1,2]", false, 2).is_err());
-        assert!(check_tag_elements("M[1,2]", false, 1).is_ok(), "a scalar tag is the PLC's business");
+        assert!(
+            check_tag_elements("M[1,2]", false, 1).is_ok(),
+            "a scalar tag is the PLC's business"
+        );
         assert!(check_tag_elements("Faults", false, 2000).is_ok());
     }
 
@@ -319,8 +325,14 @@ mod tests {
     fn bit_ranges_past_bit_63_are_refused() {
         assert!(check_tag_elements("W.60", true, 4).is_ok());
         assert_eq!(check_tag_elements("W.60", true, 5).unwrap_err().0, "count");
-        assert_eq!(check_tag_elements("W.99999999999", true, 1).unwrap_err().0, "tag");
-        assert!(check_tag_elements("W.5", false, 1).is_ok(), "not a bit access when not bool");
+        assert_eq!(
+            check_tag_elements("W.99999999999", true, 1).unwrap_err().0,
+            "tag"
+        );
+        assert!(
+            check_tag_elements("W.5", false, 1).is_ok(),
+            "not a bit access when not bool"
+        );
     }
 
     #[test]
