@@ -35,10 +35,20 @@
 //! between the two sessions). An invalid file never reaches this module: `ms5-edge run` checks
 //! it and keeps the running configuration.
 //!
+//! ## P/status
+//!
+//! The core owns the `P/status` payload and keeps it in a watch channel the uplink reads. The
+//! value is refreshed at least every second (silently), so whatever the uplink publishes —
+//! on connect, on its 60 s timer — carries current health; the channel is *notified* (the
+//! uplink publishes at once) only when a health counter changes: a PLC's error state, the
+//! drop and loss counts, entering or leaving the disk-full state.
+//!
 //! ## systemd
 //!
 //! `READY=1` is sent when the core has opened the database and restored every equipment and
-//! every PLC task has been spawned (see [`crate::notify`] for what the watchdog means).
+//! every PLC task has been spawned (see [`crate::notify`] for what the watchdog means). The
+//! integrity check of the open runs before it; while it runs, `EXTEND_TIMEOUT_USEC=` is sent
+//! every 2 s so a large database never trips `TimeoutStartSec`.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
@@ -69,6 +79,15 @@ const PENDING_CAP: usize = crate::store::pending::PENDING_CAP;
 /// How often the systemd `STATUS=` line is recomputed (it counts the outbox).
 const STATUS_EVERY: Duration = Duration::from_secs(2);
 
+/// How stale the `health` in the `P/status` watch may get between counter changes. Rebuilding
+/// it on every batch would cost CPU at fast poll rates for a message sent once a minute.
+const STATUS_REFRESH: Duration = Duration::from_secs(1);
+
+/// Test-only knob: `N` makes the core notify the `P/status` watch every `N` s (so the uplink
+/// republishes what it holds), standing in for the uplink's 60 s timer in
+/// `tests/status_health.rs`. Never set in production.
+const STATUS_KNOB: &str = "MS5_EDGE_TEST_STATUS_S";
+
 /// Test-only knob (like the store's `MS5_EDGE_TEST_*`): `NAME:N` lets PLC `NAME` deliver `N`
 /// poll reports and then blocks its task on a channel nobody reads, which is exactly what a
 /// hung downstream does to a real poll loop. `tests/systemd_notify.rs` uses it to check that
@@ -82,6 +101,29 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("core thread: {0}")]
     Core(String),
+}
+
+/// Exit status of `ms5-edge run` when the database file was deleted or replaced under it
+/// (SPEC §7 "The database file"): systemd restarts the unit on a fresh database.
+pub const EXIT_DATABASE_GONE: u8 = 3;
+
+/// While the database is being opened and checked, systemd is asked every
+/// `OPEN_EXTEND_EVERY` for `OPEN_EXTEND_BY` more (`EXTEND_TIMEOUT_USEC`).
+const OPEN_EXTEND_EVERY: Duration = Duration::from_secs(2);
+const OPEN_EXTEND_BY: Duration = Duration::from_secs(10);
+
+/// How often the core checks that the database file is still the one it opened.
+const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+impl DaemonError {
+    /// The process exit status for this error: [`EXIT_DATABASE_GONE`] when the database file
+    /// went away, else 1.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Store(StoreError::FileGone { .. }) => EXIT_DATABASE_GONE,
+            _ => 1,
+        }
+    }
 }
 
 /// What the daemon shows to the demo view and tests while it runs.
@@ -179,6 +221,12 @@ pub async fn run_with_reload(
         // failed: its poll channel closed, so every PLC task returned).
         let next = loop {
             tokio::select! {
+                // The core ended by itself (e.g. the database file went away): stop at once,
+                // without waiting for PLC tasks to notice the closed channel.
+                _ = pipeline.core_done.notified() => {
+                    tracing::error!("the core stopped by itself; stopping the pipeline");
+                    break None;
+                }
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
                         break None;
@@ -248,6 +296,8 @@ struct Pipeline {
     /// Resolves when every PLC task has returned.
     plcs_done: tokio::task::JoinHandle<()>,
     core: std::thread::JoinHandle<Result<Vec<Event>, DaemonError>>,
+    /// Notified when the core thread's loop returns (a stored permit if nobody waits yet).
+    core_done: Arc<Notify>,
     uplink: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -264,9 +314,30 @@ impl Pipeline {
         let clock = Clock::system();
         let data_dir = config.gateway.data_dir.clone();
         let limits = crate::store::Limits::from_storage(&config.storage);
-        let store = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, limits))
-            .await
-            .map_err(|e| DaemonError::Core(e.to_string()))??;
+        // Opening runs `PRAGMA quick_check`, O(database size): seconds to minutes for a large
+        // database on an SD card. It stays *before* READY=1 (a corrupt file must be moved aside
+        // before anything reads or writes it), and systemd is asked for more time while it
+        // runs, so TimeoutStartSec never kills a healthy check.
+        let opening = tokio::task::spawn_blocking(move || Store::open_with(&data_dir, limits));
+        tokio::pin!(opening);
+        let started = tokio::time::Instant::now();
+        let mut extend = tokio::time::interval_at(started + OPEN_EXTEND_EVERY, OPEN_EXTEND_EVERY);
+        let store = loop {
+            tokio::select! {
+                opened = &mut opening => break opened,
+                _ = extend.tick() => {
+                    let waited = started.elapsed().as_secs();
+                    if waited < OPEN_EXTEND_EVERY.as_secs() * 2 {
+                        tracing::info!("checking the database (PRAGMA quick_check); a large database takes a while");
+                    }
+                    notifier.extend_timeout(
+                        OPEN_EXTEND_BY,
+                        &format!("checking the database integrity ({waited} s so far)"),
+                    );
+                }
+            }
+        }
+        .map_err(|e| DaemonError::Core(e.to_string()))??;
         let stream = store.stream().to_string();
         tracing::info!(db = %store.path().display(), %stream, "database open");
 
@@ -286,7 +357,9 @@ impl Pipeline {
         let (status_tx, status_rx) = watch::channel(status.clone());
 
         // The core thread: engine + SQLite writer.
+        let core_done = Arc::new(Notify::new());
         let core = {
+            let done = core_done.clone();
             let parts = CoreParts {
                 config: config.clone(),
                 clock,
@@ -312,7 +385,9 @@ impl Pipeline {
                         .enable_time()
                         .build()
                         .map_err(|e| DaemonError::Core(e.to_string()))?;
-                    rt.block_on(core_loop(parts))
+                    let result = rt.block_on(core_loop(parts));
+                    done.notify_one();
+                    result
                 })
                 .map_err(|e| DaemonError::Core(e.to_string()))?
         };
@@ -369,6 +444,7 @@ impl Pipeline {
             retire,
             plcs_done,
             core,
+            core_done,
             uplink,
         })
     }
@@ -526,6 +602,10 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
     }
     let mut beat = tokio::time::interval(beat_every);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_file_check = Instant::now() + FILE_CHECK_EVERY;
+    let mut next_status_refresh = Instant::now();
+    let status_republish = status_republish_knob();
+    let mut next_republish = Instant::now();
     let mut closed = false;
     while !closed {
         let mut reports = Vec::new();
@@ -535,10 +615,44 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 None => closed = true,
             },
             c = p.commands.recv(), if commands_open => match c {
-                Some(c) => pending.extend(apply_command(&p, &mut engine, &c)),
+                Some(c) => {
+                    let done = apply_command(
+                        &mut p.store,
+                        &mut engine,
+                        &mut pending,
+                        p.clock.now_ms(),
+                        p.config.telemetry.store_and_forward,
+                        &c,
+                    );
+                    if let Some(seq) = done.committed_seq {
+                        last_seq = last_seq.max(seq);
+                        p.notify.notify_one();
+                    }
+                    recent.extend(done.events.iter().map(describe_event));
+                    // Replied only now: ok:true means committed (SPEC §7 "Replies after commit").
+                    let _ = p.live.try_send(LiveMessage {
+                        topic: "reply".into(),
+                        payload: done.reply.to_string(),
+                        qos: rumqttc::QoS::AtLeastOnce,
+                        retain: false,
+                    });
+                }
                 None => commands_open = false,
             },
             _ = beat.tick() => {}
+        }
+        // A database file deleted or replaced under us: every later commit would go to a file
+        // nobody can see. Stop (exit status 3) so that systemd restarts on a fresh database.
+        if Instant::now() >= next_file_check {
+            next_file_check = Instant::now() + FILE_CHECK_EVERY;
+            if let Err(e) = p.store.check_file() {
+                tracing::error!(
+                    error = %e,
+                    uncommitted = pending.len(),
+                    "DATABASE FILE GONE: stopping with exit status {EXIT_DATABASE_GONE} so that the service restarts on a new database (a new stream)"
+                );
+                return Err(e.into());
+            }
         }
         // Take whatever else is already queued: one transaction for the lot.
         while reports.len() < 512 {
@@ -634,7 +748,7 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 .collect(),
             heartbeat_ms: now_ms,
             memories: if save_memory {
-                engine.memories()
+                p.store.memories_of(&engine)
             } else {
                 Vec::new()
             },
@@ -672,16 +786,17 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
                 if matches!(e, StoreError::Full(_)) {
                     while committed < pending.len() {
                         let end = (committed + FULL_CHUNK).min(pending.len());
+                        let memories = if end == pending.len() {
+                            p.store.memories_of(&engine)
+                        } else {
+                            Vec::new()
+                        };
                         let chunk = Batch {
                             events: &pending[committed..end],
                             telemetry_to_outbox: to_outbox,
                             health: Vec::new(),
                             heartbeat_ms: p.clock.now_ms(),
-                            memories: if end == pending.len() {
-                                engine.memories()
-                            } else {
-                                Vec::new()
-                            },
+                            memories,
                         };
                         match p.store.commit(&chunk) {
                             Ok(seqs) => {
@@ -732,18 +847,24 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
             last_store_key = store_key;
             status_changed = true;
         }
-        if status_changed {
-            let store_health = p.store.health(pending.len());
-            let mut s = p.status_base.clone();
-            s["health"] = serde_json::json!({
-                "plcs": health.iter().map(|(k, (t, c))| (k.clone(), serde_json::json!({
-                    "online": c.consecutive_failures == 0,
-                    "last_poll": rfc3339_ms(*t),
-                    "counters": c,
-                }))).collect::<serde_json::Map<_, _>>(),
-                "store": store_health,
+        // The watch always holds the current health (at most STATUS_REFRESH old), so every
+        // `P/status` the uplink publishes — on connect, on its 60 s timer — is current; the
+        // receiver is *notified* (an immediate publish) only when a health counter changed.
+        let mono_now = Instant::now();
+        if status_changed || mono_now >= next_status_refresh {
+            next_status_refresh = mono_now + STATUS_REFRESH;
+            let s = status_payload(&p.status_base, &health, p.store.health(pending.len()));
+            p.status.send_if_modified(|current| {
+                *current = s;
+                status_changed
             });
-            let _ = p.status.send(s);
+        }
+        if let Some(every) = status_republish {
+            if mono_now >= next_republish {
+                next_republish = mono_now + every;
+                // Test knob: publish what the watch holds now, without refreshing it first.
+                p.status.send_modify(|_| {});
+            }
         }
         let pending_len = pending.len();
         p.view.send_modify(|v| {
@@ -814,6 +935,35 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
     Ok(pending)
 }
 
+/// The `P/status` payload: the birth fields plus the current `health` section.
+fn status_payload(
+    base: &serde_json::Value,
+    health: &BTreeMap<String, (i64, PlcCounters)>,
+    store: crate::store::StoreHealth,
+) -> serde_json::Value {
+    let mut s = base.clone();
+    s["health"] = serde_json::json!({
+        "plcs": health.iter().map(|(k, (t, c))| (k.clone(), serde_json::json!({
+            "online": c.consecutive_failures == 0,
+            "last_poll": rfc3339_ms(*t),
+            "counters": c,
+        }))).collect::<serde_json::Map<_, _>>(),
+        "store": store,
+    });
+    s
+}
+
+/// The [`STATUS_KNOB`] period, if set (logged at warn: tests only).
+fn status_republish_knob() -> Option<Duration> {
+    let secs: u64 = std::env::var(STATUS_KNOB).ok()?.trim().parse().ok()?;
+    tracing::warn!(
+        knob = STATUS_KNOB,
+        value = secs,
+        "test knob set in the environment"
+    );
+    Some(Duration::from_secs(secs.max(1)))
+}
+
 fn describe_event(e: &Event) -> String {
     let at = rfc3339_ms(e.at_ms());
     let eq = e.equipment();
@@ -857,33 +1007,286 @@ fn describe_event(e: &Event) -> String {
     }
 }
 
-/// Parses and applies one command; replies exactly once on `P/reply`.
-fn apply_command(p: &CoreParts, engine: &mut Engine, cmd: &InboundCommand) -> Vec<Event> {
-    let now = p.clock.now_ms();
-    let (reply, events) = match crate::engine::command::parse(&cmd.path, &cmd.payload) {
-        Err(rejected) => (
-            serde_json::json!({"request_id": rejected.request_id, "ok": false, "error": rejected.error}),
-            Vec::new(),
-        ),
-        Ok(parsed) => match engine.on_command(now, &parsed) {
-            Ok(events) => (
-                serde_json::json!({"request_id": parsed.request_id, "ok": true}),
-                events,
-            ),
-            Err(error) => (
-                serde_json::json!({"request_id": parsed.request_id, "ok": false, "error": error}),
-                Vec::new(),
-            ),
-        },
+/// What handling one command came to: the reply to send and what was committed.
+struct CommandDone {
+    reply: serde_json::Value,
+    /// The events the command caused, committed (empty when it was refused).
+    events: Vec<Event>,
+    /// Highest outbox seq committed on the way (the backlog and the command's events).
+    committed_seq: Option<i64>,
+}
+
+/// Parses and applies one command and commits the events it caused *before* the reply is
+/// decided (SPEC §7 "Replies after commit"): `ok:true` only once they are committed.
+///
+/// Events still waiting from a full disk are committed first (their seqs come first). If the
+/// command's events cannot be committed — the disk is full, or any other store error — the
+/// engine is put back exactly as it was before the command and the reply is `ok:false`,
+/// `"not committed: …"`: the command's change is not kept, and nothing of it waits in memory.
+/// The engine's memory is committed with the command's events, so a restart keeps the change.
+fn apply_command(
+    store: &mut Store,
+    engine: &mut Engine,
+    pending: &mut Vec<Event>,
+    now_ms: i64,
+    telemetry_to_outbox: bool,
+    cmd: &InboundCommand,
+) -> CommandDone {
+    let refuse = |request_id: Option<String>, error: String| {
+        tracing::info!(command = %cmd.path, %error, "command rejected");
+        CommandDone {
+            reply: serde_json::json!({"request_id": request_id, "ok": false, "error": error}),
+            events: Vec::new(),
+            committed_seq: None,
+        }
     };
-    if reply["ok"] == false {
-        tracing::info!(command = %cmd.path, error = %reply["error"], "command rejected");
+    let parsed = match crate::engine::command::parse(&cmd.path, &cmd.payload) {
+        Ok(parsed) => parsed,
+        Err(rejected) => return refuse(rejected.request_id, rejected.error),
+    };
+    let rid = Some(parsed.request_id.clone());
+    // The whole engine, so that a failed commit can undo the command completely. Commands are
+    // rare (budgeted by the uplink); a clone per command is cheap next to an fsync.
+    let before = engine.clone();
+    let events = match engine.on_command(now_ms, &parsed) {
+        Ok(events) => events,
+        Err(error) => return refuse(rid, error),
+    };
+    let mut committed_seq = None;
+    let mut backlog_error = None;
+    if !pending.is_empty() {
+        match commit_backlog(store, pending, telemetry_to_outbox, now_ms) {
+            Ok(seq) => committed_seq = seq,
+            Err(e) => backlog_error = Some(e),
+        }
     }
-    let _ = p.live.try_send(LiveMessage {
-        topic: "reply".into(),
-        payload: reply.to_string(),
-        qos: rumqttc::QoS::AtLeastOnce,
-        retain: false,
-    });
-    events
+    let result = match backlog_error {
+        Some(e) => Err(e),
+        None => {
+            let memories = store.memories_of(engine);
+            store
+                .commit(&Batch {
+                    events: &events,
+                    telemetry_to_outbox,
+                    health: Vec::new(),
+                    heartbeat_ms: now_ms,
+                    memories,
+                })
+                .map(|seqs| seqs.into_iter().max())
+        }
+    };
+    match result {
+        Ok(seq) => CommandDone {
+            reply: serde_json::json!({"request_id": rid, "ok": true}),
+            events,
+            committed_seq: seq.or(committed_seq),
+        },
+        Err(e) => {
+            *engine = before;
+            let why = match e {
+                StoreError::Full(_) => "disk full".to_string(),
+                other => other.to_string(),
+            };
+            tracing::warn!(command = %cmd.path, reason = %why, "command not applied: its events could not be committed");
+            let mut done = refuse(rid, format!("not committed: {why}"));
+            done.committed_seq = committed_seq;
+            done
+        }
+    }
+}
+
+/// Commits every event waiting in `pending` (oldest first, in chunks of [`FULL_CHUNK`] once
+/// the whole lot does not fit), removing what was committed. `Err` when some remain.
+fn commit_backlog(
+    store: &mut Store,
+    pending: &mut Vec<Event>,
+    telemetry_to_outbox: bool,
+    now_ms: i64,
+) -> Result<Option<i64>, StoreError> {
+    let mut max_seq = None;
+    let mut committed = 0;
+    let mut last_error = None;
+    while committed < pending.len() {
+        let end = (committed + FULL_CHUNK).min(pending.len());
+        let chunk = Batch {
+            events: &pending[committed..end],
+            telemetry_to_outbox,
+            health: Vec::new(),
+            heartbeat_ms: now_ms,
+            memories: Vec::new(),
+        };
+        match store.commit(&chunk) {
+            Ok(seqs) => {
+                max_seq = seqs.into_iter().max().or(max_seq);
+                committed = end;
+            }
+            Err(e) => {
+                last_error = Some(e);
+                break;
+            }
+        }
+    }
+    pending.drain(..committed);
+    match last_error {
+        Some(e) => Err(e),
+        None => Ok(max_seq),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MachineState;
+    use crate::store::{Limits, ReadOnly};
+
+    const BAGGER: &str = "BP01.PACK.BAG1";
+    const NOW: i64 = 1_780_000_000_000;
+
+    fn engine() -> Engine {
+        let text = crate::demo::config_text(1502, 1503, "/tmp/unused", None);
+        let config = crate::config::load_str(&text, "t.toml")
+            .expect("demo config")
+            .config;
+        Engine::new(&config, NOW)
+    }
+
+    fn context_command(request_id: &str) -> InboundCommand {
+        InboundCommand::unbudgeted(
+            format!("{BAGGER}/context"),
+            format!(r#"{{"request_id":"{request_id}","by":"test","operator":"alice"}}"#)
+                .into_bytes(),
+        )
+    }
+
+    fn state_change(at_ms: i64) -> Event {
+        Event::StateChanged {
+            equipment: BAGGER.into(),
+            from: MachineState::Running,
+            to: MachineState::Stopped,
+            at_ms,
+        }
+    }
+
+    /// A store whose page limit is reached: the next commit fails with `StoreError::Full`.
+    fn full_store(dir: &std::path::Path) -> Store {
+        let pages: u64 = {
+            let s = Store::open(dir).expect("store");
+            drop(s);
+            let conn = rusqlite::Connection::open(dir.join(crate::store::DB_FILE)).unwrap();
+            conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+                .unwrap() as u64
+        };
+        let limits = Limits {
+            max_page_count: Some(pages + 4),
+            ..Limits::default()
+        };
+        let mut store = Store::open_with(dir, limits).expect("store with a page limit");
+        for i in 0..100_000 {
+            let events = vec![state_change(NOW + i)];
+            match store.commit(&Batch {
+                events: &events,
+                ..Batch::default()
+            }) {
+                Ok(_) => continue,
+                Err(StoreError::Full(_)) => return store,
+                Err(e) => panic!("unexpected store error {e}"),
+            }
+        }
+        panic!("the page limit was never reached");
+    }
+
+    #[test]
+    fn a_command_is_acknowledged_only_with_its_events_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut engine = engine();
+        let mut pending = Vec::new();
+        let done = apply_command(
+            &mut store,
+            &mut engine,
+            &mut pending,
+            NOW,
+            false,
+            &context_command("r1"),
+        );
+        assert_eq!(done.reply["ok"], true, "{}", done.reply);
+        assert_eq!(done.reply["request_id"], "r1");
+        assert!(!done.events.is_empty(), "a context change is an event");
+        let snap = ReadOnly::open(dir.path()).unwrap().snapshot().unwrap();
+        assert_eq!(
+            snap.outbox_max_seq, done.committed_seq,
+            "the reply's events are in the outbox already"
+        );
+        assert!(snap.outbox_max_seq.is_some());
+    }
+
+    #[test]
+    fn events_waiting_from_a_full_disk_are_committed_ahead_of_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut engine = engine();
+        let mut pending = vec![state_change(NOW - 10)];
+        let done = apply_command(
+            &mut store,
+            &mut engine,
+            &mut pending,
+            NOW,
+            false,
+            &context_command("r2"),
+        );
+        assert_eq!(done.reply["ok"], true, "{}", done.reply);
+        assert!(pending.is_empty(), "the backlog went first");
+        assert_eq!(
+            done.committed_seq,
+            Some(2),
+            "backlog seq 1, the command's event seq 2"
+        );
+    }
+
+    #[test]
+    fn a_command_that_cannot_be_committed_on_a_full_disk_is_refused_and_undone() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = full_store(dir.path());
+        let mut engine = engine();
+        let before = engine.memories();
+        let mut pending = Vec::new();
+        let done = apply_command(
+            &mut store,
+            &mut engine,
+            &mut pending,
+            NOW,
+            false,
+            &context_command("r3"),
+        );
+        assert_eq!(done.reply["ok"], false, "{}", done.reply);
+        assert_eq!(done.reply["request_id"], "r3");
+        assert_eq!(done.reply["error"], "not committed: disk full");
+        assert!(done.events.is_empty());
+        assert!(pending.is_empty(), "nothing of the command waits in memory");
+        assert_eq!(
+            engine.memories(),
+            before,
+            "the command's change is not kept"
+        );
+    }
+
+    #[test]
+    fn with_a_backlog_that_still_does_not_fit_the_command_is_refused_and_the_backlog_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = full_store(dir.path());
+        let mut engine = engine();
+        let before = engine.memories();
+        let mut pending = vec![state_change(NOW - 10)];
+        let done = apply_command(
+            &mut store,
+            &mut engine,
+            &mut pending,
+            NOW,
+            false,
+            &context_command("r4"),
+        );
+        assert_eq!(done.reply["ok"], false, "{}", done.reply);
+        assert_eq!(pending.len(), 1, "the backlog still waits, in order");
+        assert_eq!(engine.memories(), before);
+    }
 }

@@ -182,14 +182,19 @@ async fn wait_for_signal() {
     while let Signal::Reload = signals.next().await {}
 }
 
+/// Legal but unusual settings (`timeout_ms` > `poll_interval_ms`, …): logged, never fatal.
+fn log_notices(notices: &[ms5_edge::config::ConfigError]) {
+    for n in notices {
+        tracing::warn!(warning = %n, "configuration warning");
+    }
+}
+
 /// Re-reads `path` for a reload: the new configuration when it is valid for `run` (files it
 /// names must exist), else every error logged and `None` (the running configuration stays).
 fn reload_config(path: &std::path::Path, notifier: &ms5_edge::notify::Notifier) -> Option<Config> {
     let problems = match config::load_file(path) {
         Ok(loaded) if loaded.warnings.is_empty() => {
-            for a in &loaded.notices {
-                tracing::warn!(warning = %a, "configuration");
-            }
+            log_notices(&loaded.notices);
             return Some(loaded.config);
         }
         Ok(loaded) => loaded.warnings,
@@ -231,9 +236,7 @@ fn run(path: &std::path::Path) -> ExitCode {
         print_errors(&ConfigErrors(loaded.warnings));
         return ExitCode::from(2);
     }
-    for a in &loaded.notices {
-        eprintln!("warning: {a}");
-    }
+    log_notices(&loaded.notices);
     let path = path.to_path_buf();
     let result = runtime().and_then(|rt| {
         rt.block_on(async {
@@ -278,7 +281,11 @@ fn run(path: &std::path::Path) -> ExitCode {
         }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "ms5-edge stopped");
-            ExitCode::FAILURE
+            // 3: the database file went away; systemd restarts on a new one (operating.md).
+            match e.downcast_ref::<ms5_edge::daemon::DaemonError>() {
+                Some(d) => ExitCode::from(d.exit_code()),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }

@@ -16,6 +16,9 @@
 //!   poll after each backoff), a broker that is away (the outbox fills; that is what it is
 //!   for), a full disk (events wait in memory; SPEC §5 says polling goes on). Restarting the
 //!   daemon would fix none of these, so none of them stops the watchdog.
+//! - A start-up that is slow but making progress — `PRAGMA quick_check` of a large database on
+//!   an SD card — sends `EXTEND_TIMEOUT_USEC=` every few seconds while it runs, so it is
+//!   never killed by `TimeoutStartSec` (the daemon's `Pipeline::start`).
 //! - Without `NOTIFY_SOCKET` every call is a no-op, so `run` behaves the same by hand.
 //!
 //! How late is "late" for one PLC ([`report_budget`]): a report can legitimately be as far
@@ -164,6 +167,16 @@ impl Notifier {
             ]),
             Err(_) => self.send(&[sd_notify::NotifyState::Reloading]),
         }
+    }
+
+    /// Start-up (or a reload) is still making progress: systemd should wait `by` longer from
+    /// now than `TimeoutStartSec` would allow (it never shortens a timeout).
+    pub fn extend_timeout(&self, by: Duration, status: &str) {
+        let usec = u32::try_from(by.as_micros()).unwrap_or(u32::MAX);
+        self.send(&[
+            sd_notify::NotifyState::ExtendTimeoutUsec(usec),
+            sd_notify::NotifyState::Status(status),
+        ]);
     }
 
     /// A free-form line for `systemctl status`.

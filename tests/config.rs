@@ -133,13 +133,6 @@ fn broken_configs() -> Vec<Case> {
             "must be between 10 and 60000, found 5",
         ),
         case(
-            "timeout longer than the poll interval",
-            edit("poll_interval_ms = 1000", "poll_interval_ms = 1000\ntimeout_ms = 1500"),
-            "plc[0].timeout_ms",
-            "timeout_ms",
-            "longer than the poll interval",
-        ),
-        case(
             "missing gateway id",
             edit("id = \"gw1\"\n", ""),
             "gateway.id",
@@ -313,6 +306,36 @@ fn broken_configs() -> Vec<Case> {
             "equipment[1].signals.good_count.type",
             "BL.GoodCount",
             "expected one of \"bool\", \"sint\", \"int\", \"dint\", \"lint\", \"real\", \"lreal\", found \"u32\"",
+        ),
+        case(
+            "Logix array index plus count past the largest index",
+            edit(
+                "good_count = { tag = \"BL.GoodCount\", type = \"dint\" }",
+                "good_count = { tag = \"BL.GoodCount\", type = \"dint\" }\nextra = { Arr = { tag = \"Arr[4294967290]\", count = 10 } }",
+            ),
+            "equipment[1].signals.extra.Arr.count",
+            "Arr[4294967290]",
+            "10 elements from Arr[4294967290] run past the largest array index 4294967295",
+        ),
+        case(
+            "Logix array index too large for an index",
+            edit(
+                "good_count = { tag = \"BL.GoodCount\", type = \"dint\" }",
+                "good_count = { tag = \"BL.GoodCount\", type = \"dint\" }\nextra = { Arr = { tag = \"Arr[18446744073709551615]\", count = 2 } }",
+            ),
+            "equipment[1].signals.extra.Arr.tag",
+            "Arr[18446744073709551615]",
+            "an array signal names its first element with one index",
+        ),
+        case(
+            "Logix bit range past bit 63",
+            edit(
+                "good_count = { tag = \"BL.GoodCount\", type = \"dint\" }",
+                "good_count = { tag = \"BL.GoodCount\", type = \"dint\" }\nextra = { Bits = { tag = \"W.60\", type = \"bool\", count = 8 } }",
+            ),
+            "equipment[1].signals.extra.Bits.count",
+            "W.60",
+            "8 bit(s) from bit 60 of \"W\" run past bit 63",
         ),
         case(
             "array count of zero",
@@ -553,6 +576,56 @@ fn a_single_bracket_plc_table_hints_at_double_brackets() {
     assert_eq!(
         e.hint.as_deref(),
         Some("write the header with double brackets: [[plc]]")
+    );
+}
+
+#[test]
+fn a_timeout_longer_than_the_poll_interval_is_a_warning_that_never_stops_run() {
+    let text = edit(
+        "poll_interval_ms = 1000",
+        "poll_interval_ms = 100\ntimeout_ms = 300",
+    );
+    let loaded = load_str(&text, "test.toml")
+        .unwrap_or_else(|e| panic!("timeout_ms > poll_interval_ms must not be an error:\n{e}"));
+    assert!(
+        loaded.warnings.is_empty(),
+        "not a warning that stops `run`: {:?}",
+        loaded.warnings
+    );
+    assert_eq!(loaded.notices.len(), 1, "{:?}", loaded.notices);
+    let n = &loaded.notices[0];
+    assert_eq!(n.key, "plc[0].timeout_ms");
+    assert_eq!(n.line, line_of(&text, "timeout_ms"));
+    assert!(n.message.contains("longer than the poll interval"), "{n}");
+    let bagger = &loaded.config.plcs[0];
+    assert_eq!(
+        (bagger.poll_interval_ms, bagger.timeout_ms),
+        (100, 300),
+        "kept as written"
+    );
+}
+
+#[test]
+fn check_config_prints_the_long_timeout_warning_and_exits_0() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ms5-edge.toml");
+    let text = edit(
+        "poll_interval_ms = 1000",
+        "poll_interval_ms = 100\ntimeout_ms = 300",
+    );
+    std::fs::write(&path, &text).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ms5-edge"))
+        .arg("check-config")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit 0 expected:\n{stderr}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok "));
+    assert!(
+        stderr.contains("warning:") && stderr.contains("plc[0].timeout_ms"),
+        "{stderr}"
     );
 }
 

@@ -208,3 +208,31 @@ async fn a_stalled_plc_poll_loop_stops_the_watchdog_pings() {
     );
     daemon.kill9();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_database_check_asks_systemd_for_more_time_before_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = line().await;
+    let text = config_text(&line, &dir.path().join("data"), None, "");
+    // The store's test knob: the integrity check takes 2.5 s, as on a large database.
+    let knob = [("MS5_EDGE_TEST_SLOW_CHECK_MS", "2500".to_string())];
+    let (systemd, mut daemon) = start(dir.path(), &text, &knob);
+
+    wait_for("READY=1", Duration::from_secs(30), || {
+        !systemd.lines_with("READY=1").is_empty()
+    })
+    .await;
+    let ready_at = systemd.lines_with("READY=1")[0].0;
+    let extends = systemd.lines_with("EXTEND_TIMEOUT_USEC=");
+    assert!(
+        extends.iter().any(|(t, _)| *t < ready_at),
+        "EXTEND_TIMEOUT_USEC before READY=1: {:?}",
+        systemd.all()
+    );
+    assert!(
+        extends[0].1.contains("EXTEND_TIMEOUT_USEC=10000000"),
+        "ten more seconds each time: {:?}",
+        extends[0]
+    );
+    assert!(daemon.terminate().success());
+}

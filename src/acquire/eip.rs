@@ -137,6 +137,13 @@ impl Access {
             }
             None => (tag, 0),
         };
+        // The loader refuses an index range past u32::MAX; never wrap or panic here either.
+        if first.checked_add(u32::from(count) - 1).is_none() {
+            return Err(format!(
+                "\"{tag}\": {count} elements run past the largest array index {}",
+                u32::MAX
+            ));
+        }
         let tags = (0..u32::from(count))
             .map(|i| format!("{base}[{}]", u64::from(first) + u64::from(i)))
             .collect();
@@ -654,6 +661,8 @@ mod tests {
             })
         );
         assert!(Access::of("M[1,2]", DataType::I32, 2).is_err());
+        assert!(Access::of("Arr[4294967290]", DataType::I32, 10).is_err());
+        assert!(Access::of("Arr[4294967290]", DataType::I32, 6).is_ok());
     }
 
     #[test]

@@ -36,11 +36,14 @@
 //!   `client_key_file`) are resolved against the directory of the config file, so a file and
 //!   its secrets can move together. [`load_str`] resolves against the directory part of the name
 //!   it is given (none for a bare name: paths then stay relative to the working directory).
-//! - Files the config names that are missing or unreadable are *warnings* ([`Loaded::warnings`]),
-//!   and they are the only warnings: `run` treats every warning as an error. A `[[plc]]` that no
-//!   equipment uses is accepted silently (a line being commissioned).
-//! - Ranges: `poll_interval_ms` 10..=60000; `timeout_ms` 1..=`poll_interval_ms` (a read that
-//!   outlives its tick would only make the next tick late), default min(500, poll interval);
+//! - Files the config names that are missing or unreadable are *warnings* ([`Loaded::warnings`]):
+//!   `run` treats each of them as an error. Legal but unusual settings are *notices*
+//!   ([`Loaded::notices`]): printed as warnings by `check-config`, logged by `run`, never fatal.
+//!   A `[[plc]]` that no equipment uses is accepted silently (a line being commissioned).
+//! - Ranges: `poll_interval_ms` 10..=60000; `timeout_ms` 1..=60000, default min(500, poll
+//!   interval). A `timeout_ms` longer than `poll_interval_ms` is a notice, not an error (SPEC §6
+//!   "Polling": slow links, RS-485, radios): a poll still running when its next tick falls due
+//!   makes that tick skipped and counted;
 //!   `offline_after_polls` 1..=1000, default 3; `keep_alive_s` 1..=65535 (0 would switch
 //!   keep-alive off and a dead broker connection would go unnoticed); `max_inflight` 1..=65535
 //!   (the MQTT packet-id space; memory, not the protocol, is the practical bound);
@@ -80,7 +83,8 @@ use super::{
     Severity, Shift, Signal, SignalSource, Signals, Storage, Telemetry,
 };
 use syntax::{
-    check_name, check_tag, fmt_hhmm, parse_hhmm, parse_modbus_address, parse_mqtt_url, Problem,
+    check_name, check_tag, check_tag_elements, fmt_hhmm, parse_hhmm, parse_modbus_address,
+    parse_mqtt_url, Problem,
 };
 use walk::{did_you_mean, Ctx, Need, Span, Table, Value};
 
@@ -153,9 +157,8 @@ pub struct Loaded {
     /// Files the config names that cannot be read now (secrets, certificates). Not fatal for
     /// `check-config`; `run` refuses to start on any of them.
     pub warnings: Vec<ConfigError>,
-    /// Settings that work but deserve a second look (a poll timeout longer than the poll
-    /// interval, a password over plain TCP, MQTT 3.1.1's silent refusals): printed by
-    /// `check-config`, logged by `run`, never fatal.
+    /// Legal but unusual settings (e.g. `timeout_ms` > `poll_interval_ms`): `check-config`
+    /// prints them as warnings and exits 0, `run` logs them and starts.
     pub notices: Vec<ConfigError>,
 }
 
@@ -969,13 +972,13 @@ impl Compiler<'_, '_> {
         let timeout_ms = match self.cx.int(t, "timeout_ms", Need::Optional, 1..=60_000) {
             None => 500.min(poll_interval_ms),
             Some(ms) if ms as u64 > poll_interval_ms => {
-                self.cx.error_hint(
+                self.cx.notice(
                     &t.span_of("timeout_ms"),
                     &t.path_of("timeout_ms"),
                     format!("timeout {ms} ms is longer than the poll interval of {poll_interval_ms} ms"),
-                    Some("a read must finish within its tick; lower timeout_ms or raise poll_interval_ms".into()),
+                    Some("a poll still running when its next tick falls due skips that tick (counted in skipped_ticks)".into()),
                 );
-                poll_interval_ms
+                ms as u64
             }
             Some(ms) => ms as u64,
         };
@@ -1558,7 +1561,13 @@ impl Compiler<'_, '_> {
                 } else {
                     DataType::I32
                 };
-                (SignalSource::Tag { tag: tag? }, declared.unwrap_or(default))
+                let data_type = declared.unwrap_or(default);
+                let tag = tag?;
+                if let Err((at, p)) = check_tag_elements(&tag, data_type == DataType::Bool, count) {
+                    self.problem(&t.span_of(at), &t.path_of(at), p);
+                    return None;
+                }
+                (SignalSource::Tag { tag }, data_type)
             }
             Access::Unknown => return None,
         };

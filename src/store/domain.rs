@@ -3,6 +3,15 @@
 //!
 //! Rows are upserts keyed by the event's own id, so replaying a batch after a failed commit
 //! cannot duplicate anything.
+//!
+//! ## Engine memory that does not round-trip
+//! Never dropped silently. A memory that fails to *serialise* is not written (the last good
+//! one stays in the table); the failure is logged at error once per episode per equipment and
+//! counted ([`super::Store::memories_of`]). A persisted memory that fails to *parse* at start
+//! is logged at error with serde's reason, counted, and its raw text saved beside the database
+//! as `ms5-edge.db.memory-rejected-<UTC time>-<equipment>.json` before the equipment resumes
+//! from its last committed state ([`super::Store::engine_state`]); the next save replaces the
+//! row, the file keeps what it said. Both show as `health.store.memory_errors`.
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -218,16 +227,21 @@ pub fn save_memories(
     Ok(())
 }
 
-/// The last persisted memory of one equipment, if any and if it still parses.
-pub fn load_memory(conn: &Connection, code: &str) -> Result<Option<Memory>, StoreError> {
-    let json: Option<String> = conn
+/// The raw text of the last persisted memory of one equipment, if any.
+fn load_memory_text(conn: &Connection, code: &str) -> Result<Option<String>, StoreError> {
+    Ok(conn
         .query_row(
             "SELECT memory FROM engine_memory WHERE equipment = ?1",
             params![code],
             |r| r.get(0),
         )
-        .optional()?;
-    Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+        .optional()?)
+}
+
+/// The last persisted memory of one equipment, if any and if it still parses (for `status`,
+/// which only reads; the daemon uses [`super::Store::engine_state`], which reports the rest).
+pub fn load_memory(conn: &Connection, code: &str) -> Result<Option<Memory>, StoreError> {
+    Ok(load_memory_text(conn, code)?.and_then(|j| serde_json::from_str(&j).ok()))
 }
 
 /// OEE minutes of one equipment since `from_ms`.
@@ -264,15 +278,92 @@ pub type EngineState = (Option<Memory>, Vec<(i64, Bucket)>);
 
 impl super::Store {
     /// What the previous run left of one equipment: its memory and its recent minute buckets.
+    ///
+    /// A memory that does not parse is reported (error log with the reason, counted) and its
+    /// raw text saved aside (module doc); the equipment then has no memory (`None`).
     pub fn engine_state(
-        &self,
+        &mut self,
         code: &str,
         minutes_since_ms: i64,
     ) -> Result<EngineState, StoreError> {
-        Ok((
-            load_memory(&self.conn, code)?,
-            load_minutes(&self.conn, code, minutes_since_ms)?,
-        ))
+        let memory = match load_memory_text(&self.conn, code)? {
+            None => None,
+            Some(text) => match serde_json::from_str::<Memory>(&text) {
+                Ok(memory) => Some(memory),
+                Err(e) => {
+                    self.reject_memory(code, &text, &e);
+                    None
+                }
+            },
+        };
+        Ok((memory, load_minutes(&self.conn, code, minutes_since_ms)?))
+    }
+
+    fn reject_memory(&mut self, code: &str, text: &str, reason: &serde_json::Error) {
+        self.memory_errors += 1;
+        self.health_version += 1;
+        let now_ms = crate::clock::Clock::system().now_ms();
+        let stamp = jiff::Timestamp::from_millisecond(now_ms)
+            .map(|t| t.strftime("%Y%m%dT%H%M%S%.3fZ").to_string())
+            .unwrap_or_else(|_| now_ms.to_string());
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| super::DB_FILE.to_string());
+        let aside = self
+            .path
+            .with_file_name(format!("{name}.memory-rejected-{stamp}-{code}.json"));
+        match std::fs::write(&aside, text) {
+            Ok(()) => tracing::error!(
+                equipment = code,
+                reason = %reason,
+                saved_to = %aside.display(),
+                "ENGINE MEMORY UNREADABLE: the persisted memory does not parse; its raw text is saved aside and the equipment resumes from its last committed state (open downtime, andons, context and counter baselines of the previous run are not restored)"
+            ),
+            Err(e) => tracing::error!(
+                equipment = code,
+                reason = %reason,
+                error = %e,
+                bytes = text.len(),
+                "ENGINE MEMORY UNREADABLE: the persisted memory does not parse, and saving its raw text aside failed; the equipment resumes from its last committed state"
+            ),
+        }
+    }
+
+    /// The engine's memory of every equipment, serialised for [`super::Batch::memories`]. One
+    /// that fails to serialise is left out (the last good one stays persisted), logged at error
+    /// once per episode and counted; the end of an episode is logged at info.
+    pub fn memories_of(&mut self, engine: &crate::engine::Engine) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for code in engine.codes() {
+            let Some(machine) = engine.machine(&code) else {
+                continue;
+            };
+            match serde_json::to_string(&machine.persistable()) {
+                Ok(json) => {
+                    if self.memory_failing.remove(&code) {
+                        tracing::info!(equipment = %code, "engine memory serialises again; persisting it");
+                    }
+                    out.push((code, json));
+                }
+                Err(e) => self.note_unserialisable(&code, &e.to_string()),
+            }
+        }
+        out
+    }
+
+    /// Counts one memory that failed to serialise; logs it when its episode begins.
+    pub fn note_unserialisable(&mut self, code: &str, reason: &str) {
+        self.memory_errors += 1;
+        if self.memory_failing.insert(code.to_string()) {
+            self.health_version += 1;
+            tracing::error!(
+                equipment = code,
+                %reason,
+                "ENGINE MEMORY NOT SAVED: it does not serialise; the last saved memory is kept and a restart would resume from it"
+            );
+        }
     }
 }
 
@@ -287,5 +378,71 @@ impl super::ReadOnly {
             load_memory(&self.conn, code)?,
             load_minutes(&self.conn, code, minutes_since_ms)?,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::{Batch, Store};
+
+    fn rejected_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().contains(".memory-rejected-"))
+            .collect()
+    }
+
+    #[test]
+    fn a_memory_that_does_not_parse_is_counted_and_kept_aside_not_thrown_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let raw = r#"{"state":"running","since_ms":"not a number"}"#;
+        store
+            .commit(&Batch {
+                memories: vec![("BAG1".into(), raw.into())],
+                ..Batch::default()
+            })
+            .unwrap();
+        drop(store);
+
+        let mut store = Store::open(dir.path()).unwrap();
+        let version = store.health_version();
+        let (memory, _) = store.engine_state("BAG1", 0).unwrap();
+        assert!(memory.is_none(), "an unreadable memory is not used");
+        assert_eq!(store.health(0).memory_errors, 1, "counted");
+        assert_ne!(store.health_version(), version, "P/status is republished");
+        let files = rejected_files(dir.path());
+        assert_eq!(files.len(), 1, "{files:?}");
+        assert_eq!(
+            std::fs::read_to_string(&files[0]).unwrap(),
+            raw,
+            "kept as it was"
+        );
+        assert!(files[0].to_string_lossy().ends_with("-BAG1.json"));
+    }
+
+    #[test]
+    fn a_memory_that_does_not_serialise_is_counted_every_time_and_reported_once_per_episode() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let v0 = store.health_version();
+        store.note_unserialisable("BAG1", "key must be a string");
+        let v1 = store.health_version();
+        store.note_unserialisable("BAG1", "key must be a string");
+        assert_eq!(store.health(0).memory_errors, 2);
+        assert_ne!(v1, v0, "the episode's start republishes P/status");
+        assert_eq!(store.health_version(), v1, "one report per episode");
+    }
+
+    #[test]
+    fn memories_of_a_healthy_engine_all_serialise() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let text = crate::demo::config_text(1502, 1503, "/tmp/unused", None);
+        let config = crate::config::load_str(&text, "t.toml").unwrap().config;
+        let engine = crate::engine::Engine::new(&config, 1_780_000_000_000);
+        assert_eq!(store.memories_of(&engine), engine.memories());
+        assert_eq!(store.health(0).memory_errors, 0);
     }
 }

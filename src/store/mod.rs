@@ -43,7 +43,9 @@
 //! coarse (1 MiB) or the condition cannot be produced otherwise without root:
 //! `MS5_EDGE_TEST_MAX_OUTBOX_BYTES` overrides `max_outbox_mb` with a byte count, and
 //! `MS5_EDGE_TEST_MAX_PAGE_COUNT` sets `PRAGMA max_page_count` on the core's connection so that
-//! `SQLITE_FULL` happens on a small database. Both are logged at `warn` when used.
+//! `SQLITE_FULL` happens on a small database. `MS5_EDGE_TEST_SLOW_CHECK_MS` makes the
+//! integrity check of an open take that much longer (a large database on an SD card, for the
+//! systemd start-up timeout test). All are logged at `warn` when used.
 
 pub mod bounds;
 pub mod domain;
@@ -89,6 +91,10 @@ pub enum StoreError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The file at the database's path is no longer the one this store opened (SPEC §7 "The
+    /// database file"): writing on would go to a file nobody can see.
+    #[error("the database file {path} was {what} while the daemon was running")]
+    FileGone { path: PathBuf, what: &'static str },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -256,6 +262,20 @@ pub struct Store {
     recovered: Option<Recovered>,
     /// Bumped whenever [`Store::health`] changes, so the core republishes `P/status`.
     health_version: u64,
+    /// Equipment whose memory currently fails to serialise (one error line per episode).
+    memory_failing: std::collections::BTreeSet<String>,
+    /// Memory failures since start (serialise or parse), for `health.store.memory_errors`.
+    memory_errors: u64,
+    /// (device, inode) of the file at [`Store::path`] once it was opened and checked; `None`
+    /// when it could not be read (then [`Store::check_file`] only notices a deletion).
+    file_id: Option<(u64, u64)>,
+}
+
+/// (device, inode, link count) of the file at `path`, following symlinks.
+fn file_identity(path: &Path) -> std::io::Result<(u64, u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok((m.dev(), m.ino(), m.nlink()))
 }
 
 /// The limits the store enforces, from `[storage]`.
@@ -324,6 +344,14 @@ pub struct StoreHealth {
     pub drops: bounds::DropReport,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub recovered: Option<Recovered>,
+    /// Engine memories that could not be serialised (not saved) or parsed at start (saved
+    /// aside, see [`domain`]), since start. Absent while zero.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub memory_errors: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Rows a retention step deletes at most.
@@ -357,6 +385,21 @@ impl Store {
             source,
         })?;
         let path = data_dir.join(DB_FILE);
+        if !path.exists() {
+            // A database deleted under a previous run leaves its -wal/-shm behind; replayed into
+            // a new database they would mix two streams, so they are moved aside like a
+            // corrupt database (SPEC §7 "The database file").
+            let now_ms = crate::clock::Clock::system().now_ms();
+            let moved = recovery::move_orphans(&path, now_ms)?;
+            if !moved.is_empty() {
+                tracing::error!(
+                    db = %path.display(),
+                    moved = %moved.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
+                    "DATABASE MISSING with its -wal/-shm left behind: moved them aside (kept, not deleted); \
+                     starting a new database and a new stream"
+                );
+            }
+        }
         let err = match Store::open_checked(&path, limits) {
             Ok(store) => return Ok(store),
             Err(e) => e,
@@ -391,6 +434,10 @@ impl Store {
     fn open_checked(path: &Path, limits: Limits) -> Result<Store, StoreError> {
         let mut conn = Connection::open(path)?;
         configure(&conn)?;
+        if let Some(ms) = test_knob("MS5_EDGE_TEST_SLOW_CHECK_MS") {
+            // Test only: what a quick_check of a large database on an SD card looks like.
+            std::thread::sleep(Duration::from_millis(ms));
+        }
         if let Err(c) = recovery::quick_check(&conn)? {
             return Err(StoreError::Corrupt(c.reason));
         }
@@ -414,6 +461,7 @@ impl Store {
             |r| r.get(0),
         )?;
         let drops = bounds::read_report(&conn)?;
+        let file_id = file_identity(path).ok().map(|(dev, ino, _)| (dev, ino));
         Ok(Store {
             conn,
             stream,
@@ -426,7 +474,31 @@ impl Store {
             drops,
             recovered,
             health_version: 0,
+            memory_failing: Default::default(),
+            memory_errors: 0,
+            file_id,
         })
+    }
+
+    /// Whether the file at [`Store::path`] is still the one this store opened: `Err(FileGone)`
+    /// when it was deleted (or renamed away) or replaced by another file (a different inode).
+    /// Other errors reading the path (e.g. a permission change) are not a verdict: `Ok`.
+    ///
+    /// One `stat(2)`; the core calls it about once a second.
+    pub fn check_file(&self) -> Result<(), StoreError> {
+        let gone = |what| StoreError::FileGone {
+            path: self.path.clone(),
+            what,
+        };
+        match file_identity(&self.path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(gone("deleted")),
+            Err(_) => Ok(()),
+            Ok((_, _, 0)) => Err(gone("deleted")),
+            Ok((dev, ino, _)) => match self.file_id {
+                Some(id) if id != (dev, ino) => Err(gone("replaced")),
+                _ => Ok(()),
+            },
+        }
     }
 
     /// The stream id of this database (SPEC §4).
@@ -627,6 +699,7 @@ impl Store {
             pending,
             drops,
             recovered: self.recovered.clone(),
+            memory_errors: self.memory_errors,
         }
     }
 

@@ -238,10 +238,102 @@ pub(super) fn check_tag(s: &str) -> Result<(), Problem> {
     }
 }
 
+/// Checks the elements a Logix signal reads, mirroring `acquire::eip::Access::of`: a `bool`
+/// tag ending in `.N` reads bits `N .. N + count` of a word (at most 64 bits); any other tag
+/// with `count` > 1 reads `Base[i]` … `Base[i + count - 1]` from the one index the tag names
+/// (0 without one), and every index must fit a `u32` (no wrap-around, no panic in the driver).
+///
+/// On failure returns the key to point at (`"tag"` or `"count"`) and the problem.
+pub(super) fn check_tag_elements(
+    tag: &str,
+    is_bool: bool,
+    count: u16,
+) -> Result<(), (&'static str, Problem)> {
+    if is_bool {
+        if let Some((word, bit)) = tag.rsplit_once('.') {
+            if !bit.is_empty() && bit.bytes().all(|b| b.is_ascii_digit()) {
+                let end = bit
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(|b| b.checked_add(u32::from(count.max(1))));
+                return match end {
+                    Some(end) if end <= 64 => Ok(()),
+                    _ => Err((
+                        if count > 1 { "count" } else { "tag" },
+                        Problem::new(format!(
+                            "{} bit(s) from bit {bit} of \"{word}\" run past bit 63: Logix words have at most 64 bits",
+                            count.max(1)
+                        )),
+                    )),
+                };
+            }
+        }
+    }
+    if count <= 1 {
+        return Ok(());
+    }
+    let Some((base, index)) = tag.strip_suffix(']').and_then(|t| t.rsplit_once('[')) else {
+        return Ok(());
+    };
+    let Ok(first) = index.parse::<u32>() else {
+        return Err((
+            "tag",
+            Problem::new(format!(
+                "\"{tag}\": an array signal names its first element with one index from 0 to {}",
+                u32::MAX
+            ))
+            .hint("write it like \"Faults[0]\"; count gives the number of elements"),
+        ));
+    };
+    match first.checked_add(u32::from(count) - 1) {
+        Some(_) => Ok(()),
+        None => Err((
+            "count",
+            Problem::new(format!(
+                "{count} elements from {base}[{first}] run past the largest array index {}",
+                u32::MAX
+            )),
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use ModbusAddress::*;
+
+    #[test]
+    fn array_tags_whose_last_element_overflows_an_index_are_refused() {
+        assert!(check_tag_elements("Arr[4294967290]", false, 6).is_ok());
+        let (key, p) = check_tag_elements("Arr[4294967290]", false, 10).unwrap_err();
+        assert_eq!(key, "count");
+        assert!(
+            p.message.contains("run past the largest array index"),
+            "{p:?}"
+        );
+        let (key, _) = check_tag_elements("Arr[99999999999]", false, 2).unwrap_err();
+        assert_eq!(key, "tag");
+        assert!(check_tag_elements("M[1,2]", false, 2).is_err());
+        assert!(
+            check_tag_elements("M[1,2]", false, 1).is_ok(),
+            "a scalar tag is the PLC's business"
+        );
+        assert!(check_tag_elements("Faults", false, 2000).is_ok());
+    }
+
+    #[test]
+    fn bit_ranges_past_bit_63_are_refused() {
+        assert!(check_tag_elements("W.60", true, 4).is_ok());
+        assert_eq!(check_tag_elements("W.60", true, 5).unwrap_err().0, "count");
+        assert_eq!(
+            check_tag_elements("W.99999999999", true, 1).unwrap_err().0,
+            "tag"
+        );
+        assert!(
+            check_tag_elements("W.5", false, 1).is_ok(),
+            "not a bit access when not bool"
+        );
+    }
 
     #[test]
     fn modbus_addresses_parse_every_table_and_bit_form() {

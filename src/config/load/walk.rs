@@ -162,6 +162,7 @@ pub(super) struct Ctx<'s> {
     lines: Lines<'s>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
+    /// Warnings that never stop `run` (see [`super::Loaded::notices`]).
     pub notices: Vec<ConfigError>,
 }
 
@@ -223,7 +224,7 @@ impl<'s> Ctx<'s> {
         self.warnings.push(w);
     }
 
-    /// Records an advisory: printed by `check-config` (exit 0) and logged by `run`, never fatal.
+    /// Records a warning that `run` logs and starts anyway (a legal but unusual setting).
     pub fn notice(
         &mut self,
         span: &Span,
