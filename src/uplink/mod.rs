@@ -30,6 +30,7 @@
 
 pub mod backoff;
 pub mod guard;
+pub mod signature;
 pub mod tls;
 
 use std::collections::{HashMap, VecDeque};
@@ -88,6 +89,8 @@ pub struct UplinkSettings {
     pub started_at: String,
     /// Extra fields for the retained birth message (health), refreshed by the core.
     pub version: String,
+    /// What the command gate is built from (equipment, `[commands]`, the key).
+    pub guard: guard::GuardSettings,
 }
 
 /// Why a session ended.
@@ -133,7 +136,7 @@ pub async fn run(
 ) {
     let reader = Arc::new(Mutex::new(reader));
     let mut backoff = backoff::Backoff::default();
-    let mut guard = guard::CommandGuard::default();
+    let mut guard = guard::CommandGuard::new(settings.guard.clone());
     let mut last_error: Option<String> = None;
     loop {
         let (outcome, connected_for) =
@@ -492,6 +495,7 @@ impl Session<'_> {
                     &p.payload,
                     p.retain,
                     std::time::Instant::now(),
+                    jiff::Timestamp::now().as_millisecond(),
                 );
                 let refusal = match verdict {
                     guard::Verdict::Ignore => None,
@@ -511,7 +515,8 @@ impl Session<'_> {
                     guard::Verdict::Reject { request_id, error } => Some((request_id, error)),
                 };
                 if let Some((request_id, error)) = refusal {
-                    tracing::warn!(topic = %p.topic, bytes = p.payload.len(), %error, "command refused");
+                    // The gate logs refusals itself, paced per reason (a flood is one line).
+                    tracing::debug!(topic = %p.topic, bytes = p.payload.len(), %error, "command refused");
                     self.stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
                     let reply = guard::reply(&request_id, &error);
                     // Best effort under a flood: a full request queue drops the reply, never

@@ -162,6 +162,8 @@ pub(super) struct Ctx<'s> {
     lines: Lines<'s>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<ConfigError>,
+    /// Advice that never stops `run` (see [`super::Loaded::notices`]).
+    pub notices: Vec<ConfigError>,
 }
 
 impl<'s> Ctx<'s> {
@@ -171,6 +173,7 @@ impl<'s> Ctx<'s> {
             lines: Lines::new(text),
             errors: vec![],
             warnings: vec![],
+            notices: vec![],
         }
     }
 
@@ -219,6 +222,18 @@ impl<'s> Ctx<'s> {
     ) {
         let w = self.make(span, key, message.into(), hint);
         self.warnings.push(w);
+    }
+
+    /// Records a notice (advice for `check-config`, never fatal) with a hint.
+    pub fn notice(
+        &mut self,
+        span: &Span,
+        key: &str,
+        message: impl Into<String>,
+        hint: Option<String>,
+    ) {
+        let n = self.make(span, key, message.into(), hint);
+        self.notices.push(n);
     }
 
     /// Rejects every key of `t` not in `known`, suggesting the closest known key.
