@@ -449,3 +449,80 @@ fn ms5_edge_sign_output_verifies_with_pythons_hmac() {
         }
     }
 }
+
+/// The demo config (PLC ports that nothing listens on) with a plain `mqtt://` broker and
+/// `[commands] key_file = key_file`, written next to it.
+fn config_with_key(dir: &Path, key_file: &Path) -> std::path::PathBuf {
+    let mut text = ms5_edge::demo::config_text(
+        common::free_port(),
+        common::free_port(),
+        &dir.join("data").display().to_string(),
+        Some("mqtt://127.0.0.1:1"),
+    );
+    text.push_str(&format!(
+        "\n[commands]\nkey_file = \"{}\"\n",
+        key_file.display()
+    ));
+    let path = dir.join("ms5-edge.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn check_config_warns_about_a_missing_or_unencrypted_key_and_run_refuses_a_missing_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("command.key");
+    let path = config_with_key(dir.path(), &key_file);
+    let bin = env!("CARGO_BIN_EXE_ms5-edge");
+
+    // Missing: a warning for check-config (exit 0), an error for run (exit 2, nothing started).
+    let check = Command::new(bin)
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("commands.key_file") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+    let run = Command::new(bin)
+        .args(["run", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        run.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(!dir.path().join("data").exists(), "run started nothing");
+
+    // Present, over mqtt://: accepted with the "sent unencrypted" warning.
+    std::fs::write(&key_file, KEY).unwrap();
+    let check = Command::new(bin)
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning:") && stderr.contains("sent unencrypted"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot read"), "{stderr}");
+
+    // Too short: an error.
+    std::fs::write(&key_file, &KEY[..16]).unwrap();
+    let check = Command::new(bin)
+        .args(["check-config", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&check.stderr);
+    assert_eq!(check.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("16 bytes"), "{stderr}");
+}

@@ -784,15 +784,20 @@ impl Compiler<'_, '_> {
         let key_file = self.readable_file(t, "key_file");
         if let Some(p) = &key_file {
             // Checked only when readable: an unreadable file is already a warning.
-            if let Ok(meta) = std::fs::metadata(p) {
-                if meta.is_file() && meta.len() < MIN_COMMAND_KEY_BYTES {
+            let len = std::fs::File::open(p)
+                .and_then(|f| f.metadata())
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len());
+            if let Some(len) = len {
+                if len < MIN_COMMAND_KEY_BYTES {
                     self.cx.error_hint(
                         &t.span_of("key_file"),
                         &t.path_of("key_file"),
                         format!(
                             "the key in \"{}\" is {} bytes; a command key must be at least {MIN_COMMAND_KEY_BYTES}",
                             p.display(),
-                            meta.len()
+                            len
                         ),
                         Some("create one with: head -c 32 /dev/urandom > FILE; chmod 600 FILE".into()),
                     );

@@ -29,7 +29,7 @@ use thiserror::Error;
 /// Length of the hex signature.
 pub const SIG_HEX_LEN: usize = 64;
 /// Shortest accepted key (SPEC §7).
-pub const MIN_KEY_BYTES: usize = 32;
+pub const MIN_KEY_BYTES: usize = crate::config::MIN_COMMAND_KEY_BYTES as usize;
 
 /// Why a key cannot be used or a body cannot be signed.
 #[derive(Debug, Error, PartialEq, Eq)]
