@@ -1037,7 +1037,15 @@ fn a_commands_table_compiles_with_groups_and_a_key() {
     let path = dir.path().join("ms5-edge.toml");
     std::fs::write(&path, &text).expect("write config");
     let loaded = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
-    assert!(loaded.warnings.is_empty() && loaded.notices.is_empty());
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // No age limit with a key means no replay window either: worth saying.
+    assert_eq!(loaded.notices.len(), 1, "{:?}", loaded.notices);
+    assert_eq!(loaded.notices[0].key, "commands.max_age_s");
+    assert!(
+        loaded.notices[0].message.contains("replayed"),
+        "{}",
+        loaded.notices[0]
+    );
     let c = loaded.config.commands;
     assert!(c.is_enabled("andon/ack") && c.is_enabled("job/assign") && c.is_enabled("job/cancel"));
     assert!(!c.is_enabled("andon/resolve") && !c.is_enabled("context"));

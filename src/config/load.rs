@@ -65,8 +65,9 @@
 //! - `[commands]`: `enabled` entries are exact command names or `group/*` naming at least one
 //!   command; `max_age_s` 0..=86400 (default 60); `max_planned_stop_min` 1..=1440 (default
 //!   120); `key_file` is checked like `password_file` and, when readable, must hold at least
-//!   [`MIN_COMMAND_KEY_BYTES`] bytes. `key_file` over `mqtt://` is a *notice*
-//!   ([`Loaded::notices`]): printed by `check-config`, never fatal for `run`.
+//!   [`MIN_COMMAND_KEY_BYTES`] bytes. `key_file` over `mqtt://`, and `key_file` with
+//!   `max_age_s = 0` (no replay window), are *notices* ([`Loaded::notices`]): printed by
+//!   `check-config`, never fatal for `run`.
 //! - A `[[shift]]` or `[[planned_stop]]` time may be a string `"06:00"` or a TOML local time
 //!   `06:00:00`.
 
@@ -813,12 +814,22 @@ impl Compiler<'_, '_> {
                 );
             }
         }
+        let max_age_s = self
+            .cx
+            .int(t, "max_age_s", Need::Optional, 0..=86_400)
+            .map_or(defaults.max_age_s, |n| n as u64);
+        if key_file.is_some() && max_age_s == 0 {
+            self.cx.notice(
+                &t.span_of("max_age_s"),
+                &t.path_of("max_age_s"),
+                "max_age_s = 0 with key_file: signed commands are never too old and a captured \
+                 one can be replayed at any time (the replay window is max_age_s)",
+                Some("keep max_age_s at 60 or another small number of seconds".into()),
+            );
+        }
         Commands {
             enabled,
-            max_age_s: self
-                .cx
-                .int(t, "max_age_s", Need::Optional, 0..=86_400)
-                .map_or(defaults.max_age_s, |n| n as u64),
+            max_age_s,
             require_issued_at: self
                 .cx
                 .bool_(t, "require_issued_at", Need::Optional)
