@@ -203,6 +203,12 @@ impl Remembered {
         self.ids.len() >= MAX_REMEMBERED
     }
 
+    fn remove(&mut self, id: &str) {
+        if self.ids.remove(id).is_some() {
+            self.order.retain(|(_, i)| i != id);
+        }
+    }
+
     fn insert(&mut self, id: &str, now: Instant) {
         self.ids.insert(id.to_string(), now);
         self.order.push_back((now, id.to_string()));
@@ -275,6 +281,13 @@ impl CommandGuard {
             refusals: BTreeMap::new(),
             pace: BTreeMap::new(),
         }
+    }
+
+    /// Forgets an accepted `request_id` whose command was never applied (the core's queue was
+    /// full), so the sender may send the same signed command again instead of being told it
+    /// is a replay.
+    pub fn forget(&mut self, request_id: &str) {
+        self.remembered.remove(request_id);
     }
 
     /// Refused commands so far, by reason ([`Refusal::as_str`]).
@@ -1081,6 +1094,23 @@ mod tests {
         let later = check_at(&mut g, ACK, &body, t0 + Duration::from_secs(60));
         assert!(matches!(later, Verdict::Accept { .. }), "{later:?}");
         assert_eq!(g.refusals().get("replay"), Some(&2));
+    }
+
+    #[test]
+    fn a_forgotten_request_id_may_be_sent_again() {
+        let mut g = signed_guard();
+        let t0 = Instant::now();
+        let body = sign(ACK, r#"{"request_id":"busy"}"#);
+        assert!(matches!(
+            check_at(&mut g, ACK, &body, t0),
+            Verdict::Accept { .. }
+        ));
+        g.forget("busy");
+        assert!(matches!(
+            check_at(&mut g, ACK, &body, t0),
+            Verdict::Accept { .. }
+        ));
+        assert!(error_of(&check_at(&mut g, ACK, &body, t0)).contains("replayed"));
     }
 
     #[test]

@@ -506,10 +506,15 @@ impl Session<'_> {
                         };
                         match ch.commands.try_send(cmd) {
                             Ok(()) => None,
-                            Err(_) => Some((
-                                guard::request_id_of(&p.payload),
-                                "gateway busy: command queue full, try again".to_string(),
-                            )),
+                            Err(_) => {
+                                let request_id = guard::request_id_of(&p.payload);
+                                // Never applied: the same signed bytes may be sent again.
+                                self.guard.forget(request_id.as_str().unwrap_or_default());
+                                Some((
+                                    request_id,
+                                    "gateway busy: command queue full, try again".to_string(),
+                                ))
+                            }
                         }
                     }
                     guard::Verdict::Reject { request_id, error } => Some((request_id, error)),
