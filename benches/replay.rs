@@ -120,6 +120,11 @@ async fn replay(port: u16, dir: &std::path::Path, stream: String) -> Duration {
         stream,
         started_at: String::new(),
         version: String::new(),
+        guard: uplink::guard::GuardSettings {
+            equipment: vec![],
+            commands: Default::default(),
+            key: None,
+        },
     };
     let reader = OutboxReader::open(dir).expect("reader");
     let (_live_tx, live) = mpsc::channel(16);

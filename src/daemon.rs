@@ -408,6 +408,10 @@ impl Pipeline {
                     stream: stream.clone(),
                     started_at: rfc3339_ms(clock.now_ms()),
                     version: crate::version_string(),
+                    guard: uplink::guard::GuardSettings::from_config(
+                        config,
+                        uplink::signature::load_key(&config.commands),
+                    ),
                 };
                 let channels = uplink::UplinkChannels {
                     outbox_changed,

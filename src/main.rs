@@ -40,6 +40,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Sign a command body for a gateway with `[commands] key_file` (SPEC §7); prints the
+    /// body to publish.
+    Sign {
+        /// The command key (the same file as the gateway's `[commands] key_file`).
+        #[arg(long)]
+        key_file: PathBuf,
+        /// The full MQTT topic the command is published on, prefix included, e.g.
+        /// ms5/bp01-gw1/cmd/BP01.PACK.BAG1/andon/ack.
+        #[arg(long)]
+        topic: String,
+        /// The JSON body; read from stdin when absent. `issued_at` = now is added if missing.
+        body: Option<String>,
+    },
     /// Simulated PLCs + the real pipeline + a live terminal view.
     Demo {
         /// Forward to this broker (mqtt://host:port), else show the outbox filling.
@@ -61,7 +74,9 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let Some(command) = cli.command else {
-        eprintln!("ms5-edge: a command is required (run, check-config, status, demo); see --help");
+        eprintln!(
+            "ms5-edge: a command is required (run, check-config, status, sign, demo); see --help"
+        );
         return ExitCode::from(2);
     };
     match command {
@@ -71,6 +86,11 @@ fn main() -> ExitCode {
             run(&config)
         }
         Command::Status { config, json } => status(&config, json),
+        Command::Sign {
+            key_file,
+            topic,
+            body,
+        } => sign(&key_file, &topic, body),
         Command::Demo {
             mqtt,
             duration_s,
@@ -315,6 +335,43 @@ fn status(path: &std::path::Path, json: bool) -> ExitCode {
         Err(e) => {
             eprintln!("ms5-edge status: {e} (has the daemon ever run with this config?)");
             ExitCode::from(1)
+        }
+    }
+}
+
+/// `ms5-edge sign`: the reference signer (the algorithm lives in `uplink::signature`).
+fn sign(key_file: &std::path::Path, topic: &str, body: Option<String>) -> ExitCode {
+    use ms5_edge::uplink::signature;
+    use std::io::Read;
+    let key = match signature::read_key(key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("ms5-edge sign: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let body = match body {
+        Some(b) => b,
+        None => {
+            let mut b = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut b) {
+                eprintln!("ms5-edge sign: cannot read the body from stdin: {e}");
+                return ExitCode::from(2);
+            }
+            b
+        }
+    };
+    // A trailing newline from `echo` or a file is not part of the body.
+    let body = body.trim_end_matches(['\r', '\n']);
+    let issued_at = format!("{:.3}", jiff::Timestamp::now());
+    match signature::sign_body(&key, topic, body, &issued_at) {
+        Ok(signed) => {
+            println!("{signed}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("ms5-edge sign: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -992,3 +992,181 @@ fn the_example_compiles_to_the_line_1_setup() {
         "the example shows a fault in the second DINT"
     );
 }
+
+// ---- [commands] (SPEC §7) ----------------------------------------------------------------------
+
+/// `BASE` with a `[commands]` table of `lines` before the first `[[plc]]`.
+fn with_commands(lines: &str) -> String {
+    edit("[[plc]]", &format!("[commands]\n{lines}\n\n[[plc]]"))
+}
+
+#[test]
+fn broken_commands_tables_name_the_key_line_and_problem() {
+    let cases = [
+        case(
+            "misspelled command name",
+            with_commands("enabled = [\"andon/ack\", \"andon/akc\"]"),
+            "commands.enabled[1]",
+            "\"andon/akc\"",
+            "unknown command \"andon/akc\"",
+        ),
+        case(
+            "unknown command group",
+            with_commands("enabled = [\"jobs/*\"]"),
+            "commands.enabled[0]",
+            "\"jobs/*\"",
+            "unknown command group \"jobs/*\"",
+        ),
+        case(
+            "enabled as a string",
+            with_commands("enabled = \"andon/ack\""),
+            "commands.enabled",
+            "enabled",
+            "expected an array, found a string",
+        ),
+        case(
+            "max_age_s above a day",
+            with_commands("max_age_s = 90000"),
+            "commands.max_age_s",
+            "max_age_s",
+            "must be between 0 and 86400, found 90000",
+        ),
+        case(
+            "max_planned_stop_min zero",
+            with_commands("max_planned_stop_min = 0"),
+            "commands.max_planned_stop_min",
+            "max_planned_stop_min",
+            "must be between 1 and 1440, found 0",
+        ),
+        case(
+            "require_issued_at as a string",
+            with_commands("require_issued_at = \"true\""),
+            "commands.require_issued_at",
+            "require_issued_at",
+            "expected a boolean, found a string",
+        ),
+        case(
+            "misspelled commands key",
+            with_commands("max_age = 60"),
+            "commands.max_age",
+            "max_age =",
+            "unknown key \"max_age\"",
+        ),
+    ];
+    for c in &cases {
+        let errors = errors_of(&c.text);
+        let want_line = line_of(&c.text, c.line_of);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.key == c.key && e.line == want_line && e.message.contains(c.message)),
+            "{}: wanted {} on line {want_line} with {:?}; got {errors:#?}",
+            c.name,
+            c.key,
+            c.message
+        );
+    }
+}
+
+#[test]
+fn a_misspelled_command_gets_a_did_you_mean_hint() {
+    let errors = errors_of(&with_commands(
+        "enabled = [\"andon/akc\", \"planned_stop/*\"]",
+    ));
+    let hints: Vec<Option<&str>> = errors.iter().map(|e| e.hint.as_deref()).collect();
+    assert_eq!(
+        hints,
+        [
+            Some("did you mean \"andon/ack\"?"),
+            Some("did you mean \"planned-stop/*\"?")
+        ],
+        "{errors:#?}"
+    );
+}
+
+#[test]
+fn the_commands_table_defaults_to_every_command_unsigned_with_a_minute_window() {
+    let c = load_str(BASE, "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+        .commands;
+    assert_eq!(c.enabled.len(), ms5_edge::config::COMMAND_NAMES.len());
+    assert!(ms5_edge::config::COMMAND_NAMES
+        .iter()
+        .all(|n| c.is_enabled(n)));
+    assert_eq!((c.max_age_s, c.max_planned_stop_min), (60, 120));
+    assert!(!c.require_issued_at && !c.issued_at_required());
+    assert_eq!(c.key_file, None);
+}
+
+#[test]
+fn a_commands_table_compiles_with_groups_and_a_key() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("command.key"), [9u8; 32]).expect("key");
+    let text = edit(
+        "[[plc]]",
+        "[mqtt]\nurl = \"mqtts://broker\"\n\n[commands]\nenabled = [\"andon/ack\", \"job/*\"]\nmax_age_s = 0\nkey_file = \"command.key\"\nmax_planned_stop_min = 30\n\n[[plc]]",
+    );
+    let path = dir.path().join("ms5-edge.toml");
+    std::fs::write(&path, &text).expect("write config");
+    let loaded = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    // No age limit with a key means no replay window either: worth saying.
+    assert_eq!(loaded.notices.len(), 1, "{:?}", loaded.notices);
+    assert_eq!(loaded.notices[0].key, "commands.max_age_s");
+    assert!(
+        loaded.notices[0].message.contains("replayed"),
+        "{}",
+        loaded.notices[0]
+    );
+    let c = loaded.config.commands;
+    assert!(c.is_enabled("andon/ack") && c.is_enabled("job/assign") && c.is_enabled("job/cancel"));
+    assert!(!c.is_enabled("andon/resolve") && !c.is_enabled("context"));
+    assert_eq!((c.max_age_s, c.max_planned_stop_min), (0, 30));
+    assert!(c.issued_at_required(), "a key implies issued_at");
+    let dir_abs = std::path::absolute(dir.path()).expect("absolute");
+    assert_eq!(c.key_file, Some(dir_abs.join("command.key")));
+}
+
+#[test]
+fn a_missing_command_key_is_a_warning_and_a_short_one_an_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let text = with_commands("key_file = \"command.key\"");
+    let path = dir.path().join("ms5-edge.toml");
+    std::fs::write(&path, &text).expect("write config");
+
+    let loaded = load_file(&path).unwrap_or_else(|e| panic!("a missing key is not an error:\n{e}"));
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert_eq!(loaded.warnings[0].key, "commands.key_file");
+    assert_eq!(loaded.warnings[0].line, line_of(&text, "key_file"));
+
+    std::fs::write(dir.path().join("command.key"), [1u8; 31]).expect("short key");
+    let errors = load_file(&path).expect_err("a 31-byte key").0;
+    assert_eq!(errors.len(), 1, "{errors:#?}");
+    assert_eq!(errors[0].key, "commands.key_file");
+    assert!(errors[0].message.contains("31 bytes"), "{}", errors[0]);
+    assert!(errors[0].message.contains("at least 32"), "{}", errors[0]);
+}
+
+#[test]
+fn a_command_key_over_plain_mqtt_is_a_notice_that_it_is_sent_unencrypted() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("command.key"), [9u8; 32]).expect("key");
+    let text = edit(
+        "[[plc]]",
+        "[mqtt]\nurl = \"mqtt://broker\"\n\n[commands]\nkey_file = \"command.key\"\n\n[[plc]]",
+    );
+    let path = dir.path().join("ms5-edge.toml");
+    std::fs::write(&path, &text).expect("write config");
+    let loaded = load_file(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        loaded.warnings.is_empty(),
+        "not a reason to refuse `run`: {:?}",
+        loaded.warnings
+    );
+    assert_eq!(loaded.notices.len(), 1, "{:?}", loaded.notices);
+    let n = &loaded.notices[0];
+    assert_eq!(n.key, "commands.key_file");
+    assert_eq!(n.line, line_of(&text, "key_file"));
+    assert!(n.message.contains("sent unencrypted"), "{n}");
+}

@@ -12,7 +12,7 @@
 
 mod load;
 
-pub use load::{load_file, load_str, ConfigError, ConfigErrors, Loaded};
+pub use load::{load_file, load_str, ConfigError, ConfigErrors, Loaded, MIN_COMMAND_KEY_BYTES};
 
 use std::path::PathBuf;
 
@@ -28,6 +28,8 @@ pub struct Config {
     pub shifts: Vec<Shift>,
     pub planned_stops: Vec<PlannedStop>,
     pub equipment: Vec<Equipment>,
+    /// `[commands]`; the defaults of SPEC §7 when the table is absent.
+    pub commands: Commands,
 }
 
 impl Config {
@@ -126,6 +128,75 @@ pub struct MqttUrl {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+}
+
+/// Every command of SPEC §4, as it appears in `P/cmd/{equipment}/{command}`.
+pub const COMMAND_NAMES: &[&str] = &[
+    "context",
+    "job/assign",
+    "job/start",
+    "job/complete",
+    "job/cancel",
+    "changeover/start",
+    "changeover/complete",
+    "planned-stop/start",
+    "planned-stop/end",
+    "andon/ack",
+    "andon/resolve",
+    "downtime/reason",
+];
+
+/// `[commands]` (SPEC §7): which inbound commands are accepted and how they must be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Commands {
+    /// Exact command names (`andon/ack`) and `prefix/*` patterns (`job/*`), each naming at
+    /// least one command of [`COMMAND_NAMES`]. Default: every command name.
+    pub enabled: Vec<String>,
+    /// Largest age (either way) of a command's `issued_at`; 0 turns the check off.
+    pub max_age_s: u64,
+    /// A command without `issued_at` is refused (always the case with `key_file`, see
+    /// [`Commands::issued_at_required`]).
+    pub require_issued_at: bool,
+    /// The HMAC key of signed commands; `None`: commands are not signed.
+    pub key_file: Option<PathBuf>,
+    /// A planned stop started by command ends by itself after this long.
+    pub max_planned_stop_min: u32,
+}
+
+impl Default for Commands {
+    fn default() -> Self {
+        Commands {
+            enabled: COMMAND_NAMES.iter().map(|c| c.to_string()).collect(),
+            max_age_s: 60,
+            require_issued_at: false,
+            key_file: None,
+            max_planned_stop_min: 120,
+        }
+    }
+}
+
+impl Commands {
+    /// Whether `command` (below the equipment: `andon/ack`) is matched by `enabled`.
+    pub fn is_enabled(&self, command: &str) -> bool {
+        self.enabled
+            .iter()
+            .any(|pattern| command_matches(pattern, command))
+    }
+
+    /// A command must carry `issued_at`: asked for, or implied by signing.
+    pub fn issued_at_required(&self) -> bool {
+        self.require_issued_at || self.key_file.is_some()
+    }
+}
+
+/// `andon/ack` matches itself; `andon/*` matches every command below `andon/`.
+pub fn command_matches(pattern: &str, command: &str) -> bool {
+    match pattern.strip_suffix("/*") {
+        Some(prefix) => command
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/')),
+        None => pattern == command,
+    }
 }
 
 /// `[storage]`

@@ -81,7 +81,9 @@ pub struct Rejected {
     pub error: String,
 }
 
-const COMMON: [&str; 3] = ["request_id", "by", "note"];
+/// Fields every command may carry: `issued_at` and `sig` are checked by the uplink's gate
+/// (`uplink::guard`) before a command reaches the engine.
+const COMMON: [&str; 5] = ["request_id", "by", "note", "issued_at", "sig"];
 
 fn opt_string(body: &Map<String, Json>, key: &str) -> Result<Option<String>, String> {
     match body.get(key) {

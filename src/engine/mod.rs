@@ -71,7 +71,7 @@ pub struct Engine {
 impl Engine {
     /// Every equipment starts `offline` at `start_ms`: nothing has been observed yet.
     pub fn new(config: &Config, start_ms: i64) -> Self {
-        Engine {
+        let mut engine = Engine {
             machines: config
                 .equipment
                 .iter()
@@ -88,12 +88,14 @@ impl Engine {
                 .iter()
                 .map(|p| (p.name.clone(), p.offline_after_polls.max(1)))
                 .collect(),
-        }
+        };
+        engine.set_max_planned_stop_ms(u64::from(config.commands.max_planned_stop_min) * 60_000);
+        engine
     }
 
     /// How long a planned stop started by command lasts before it ends by itself with
-    /// `ended_by = "timeout"` (`[commands] max_planned_stop_min` × 60 000; SPEC §7). Default
-    /// 120 min. Call it right after [`Engine::new`], before restoring memories: it applies to
+    /// `ended_by = "timeout"` (`[commands] max_planned_stop_min` × 60 000; SPEC §7). [`Engine::new`]
+    /// sets it from the config; call it again right after [`Engine::new`], before restoring memories: it applies to
     /// planned stops started from then on and to persisted ones that have no deadline yet;
     /// a persisted deadline is kept as it was set.
     pub fn set_max_planned_stop_ms(&mut self, ms: u64) {

@@ -91,6 +91,7 @@ fn config(publish_interval_ms: u64) -> Config {
         shifts: vec![],
         planned_stops: vec![],
         equipment: vec![equipment],
+        commands: Default::default(),
     }
 }
 

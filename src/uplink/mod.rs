@@ -34,6 +34,7 @@ pub mod backoff;
 pub mod client;
 pub mod correlator;
 pub mod guard;
+pub mod signature;
 pub mod tls;
 
 use std::collections::{BTreeMap, VecDeque};
@@ -187,6 +188,8 @@ pub struct UplinkSettings {
     pub stream: String,
     pub started_at: String,
     pub version: String,
+    /// What the command gate is built from (equipment, `[commands]`, the key).
+    pub guard: guard::GuardSettings,
 }
 
 /// The channels the uplink is wired with.
@@ -236,7 +239,7 @@ pub async fn run(
     let brokers = settings.mqtt.brokers();
     let cap = Duration::from_secs(settings.mqtt.reconnect_max_s);
     let mut backoff = backoff::Backoff::with_cap(cap);
-    let mut guard = guard::CommandGuard::default();
+    let mut guard = guard::CommandGuard::new(settings.guard.clone());
     let budget = Arc::new(AtomicUsize::new(0));
     let mut current = 0usize;
     let mut last_error: Option<String> = None;
@@ -841,15 +844,21 @@ impl Session<'_> {
             &p.payload,
             p.retain,
             std::time::Instant::now(),
+            jiff::Timestamp::now().as_millisecond(),
         );
         let refusal = match verdict {
             guard::Verdict::Ignore => None,
             guard::Verdict::Accept { path } => {
                 match BudgetPermit::take(self.budget, path.len() + p.payload.len()) {
-                    None => Some((
-                        guard::request_id_of(&p.payload),
-                        "gateway busy: command queue full, try again".to_string(),
-                    )),
+                    None => {
+                        let request_id = guard::request_id_of(&p.payload);
+                        // Never applied: the same signed bytes may be sent again.
+                        self.guard.forget(request_id.as_str().unwrap_or_default());
+                        Some((
+                            request_id,
+                            "gateway busy: command queue full, try again".to_string(),
+                        ))
+                    }
                     Some(permit) => {
                         let cmd = InboundCommand {
                             path,
@@ -858,10 +867,15 @@ impl Session<'_> {
                         };
                         match ch.commands.try_send(cmd) {
                             Ok(()) => None,
-                            Err(_) => Some((
-                                guard::request_id_of(&p.payload),
-                                "gateway busy: command queue full, try again".to_string(),
-                            )),
+                            Err(_) => {
+                                let request_id = guard::request_id_of(&p.payload);
+                                // Never applied: the same signed bytes may be sent again.
+                                self.guard.forget(request_id.as_str().unwrap_or_default());
+                                Some((
+                                    request_id,
+                                    "gateway busy: command queue full, try again".to_string(),
+                                ))
+                            }
                         }
                     }
                 }
