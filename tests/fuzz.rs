@@ -1180,11 +1180,12 @@ proptest! {
 }
 
 /// Found by `tag_access_of_any_tag_type_and_count_never_panics` (minimal input
-/// `tag = "A[4294967295]", t = Bool, count = 2`): the config loader accepts such a tag, and
-/// `Access::of` added the element number to the first index in `u32`, which panicked in debug
-/// builds and, in release builds, wrapped to read `W[0]` as the second element.
+/// `tag = "A[4294967295]", t = Bool, count = 2`): `Access::of` added the element number to the
+/// first index in `u32`, which panicked in debug builds and, in release builds, wrapped to read
+/// `A[0]` as the second element. The loader now refuses such a tag (SPEC §7: an index plus
+/// `count` that overflows is a config error), and `Access::of` no longer wraps either.
 #[test]
-fn an_array_tag_starting_at_the_top_of_the_index_range_is_accepted_by_config_and_does_not_wrap() {
+fn an_array_tag_whose_index_plus_count_overflows_is_refused_and_never_wraps() {
     let text = EXAMPLE.replace(
         r#"faults       = { tag = "BasketLoader.Faults", type = "dint", count = 2 }"#,
         r#"faults       = { tag = "BasketLoader.Faults[4294967295]", type = "dint", count = 2 }"#,
@@ -1193,17 +1194,12 @@ fn an_array_tag_starting_at_the_top_of_the_index_range_is_accepted_by_config_and
         text, EXAMPLE,
         "the example's loader fault signal moved: update this test"
     );
-    let loaded = load_str(&text, "fuzz.toml").unwrap_or_else(|e| panic!("{e}"));
-    let faults = loaded
-        .config
-        .equipment
-        .iter()
-        .find_map(|e| e.signals.faults.clone().filter(|_| e.plc == "loader"))
-        .expect("the loader has a faults signal");
-    let ms5_edge::config::SignalSource::Tag { tag } = &faults.source else {
-        panic!("the loader's faults signal is not a tag: {faults:?}");
-    };
-    let access = Access::of(tag, faults.data_type, faults.count);
+    let errors = load_str(&text, "fuzz.toml").expect_err("an overflowing index is refused");
+    assert!(
+        errors.0.iter().any(|e| e.line > 0 && e.key.contains("faults")),
+        "the error names the faults signal with a line: {errors}"
+    );
+    let access = Access::of("BasketLoader.Faults[4294967295]", DataType::I32, 2);
     assert!(
         !matches!(&access, Ok(a) if a.reads().contains(&"BasketLoader.Faults[0]")),
         "the second element wrapped round to index 0: {access:?}"
