@@ -889,7 +889,9 @@ async fn core_loop(mut p: CoreParts) -> Result<Vec<Event>, DaemonError> {
         let mono = Instant::now();
         if let Some(every) = ping_every {
             if mono >= next_ping {
-                next_ping = mono + every;
+                // Half a period: the loop wakes at least every `every`, so pings are never
+                // more than one period apart (a full period here let one wake-up in two miss).
+                next_ping = mono + every / 2;
                 let stalled = liveness.stalled(mono);
                 if stalled.is_empty() {
                     p.notifier.watchdog();
