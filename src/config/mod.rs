@@ -9,6 +9,11 @@
 //! stop → shift), every range holds, names are unique and topic-safe, shifts do not overlap,
 //! and every signal address is well formed for its PLC's protocol. Code downstream never
 //! re-checks these and never sees an `Option` that "must be `Some` by now".
+//!
+//! The names of the config enums ([`Severity`], [`FaultCategory`], [`EquipmentType`],
+//! [`ByteOrder`], and [`DataType`] per protocol) are written once, as one name table each
+//! (`NAMES`, `DataType::MODBUS_NAMES` / `LOGIX_NAMES`): the loader parses with the table and
+//! `as_str()` / `Display` print from it, so events and messages use the names of the file.
 
 mod load;
 
@@ -626,6 +631,13 @@ mod tests {
         round_trips(Severity::NAMES, Severity::as_str);
         round_trips(DataType::MODBUS_NAMES, |d| d.modbus_name().unwrap());
         round_trips(DataType::LOGIX_NAMES, |d| d.logix_name().unwrap());
+    }
+
+    #[test]
+    fn severities_are_named_from_low_to_critical() {
+        // `AndonRules::raise_after_s` and `[equipment.andon.raise_after_s]` rely on this order.
+        assert!(Severity::NAMES.windows(2).all(|w| w[0].1 < w[1].1));
+        assert_eq!(Severity::NAMES.len(), 4);
     }
 
     #[test]

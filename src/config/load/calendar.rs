@@ -188,7 +188,25 @@ fn shifts_overlap(a: &Shift, b: &Shift) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{error_at, loaded, with};
     use super::*;
+
+    const SHIFT_A: &str = "\n[[shift]]\nname = \"A\"\nstart = 06:00:00\nend = \"14:00\"\n";
+
+    #[test]
+    fn a_time_may_be_a_string_or_a_toml_local_time() {
+        let shifts = loaded(&with(SHIFT_A)).config.shifts;
+        assert_eq!((shifts[0].start_min, shifts[0].end_min), (360, 840));
+    }
+
+    #[test]
+    fn a_planned_stop_naming_an_undefined_shift_is_refused_at_the_name() {
+        let text = with(&format!(
+            "{SHIFT_A}\n[[planned_stop]]\nname = \"b\"\nstart = \"10:00\"\nduration_min = 20\nshifts = [\"A\", \"night\"]\n"
+        ));
+        let e = error_at(&text, "planned_stop[0].shifts[1]");
+        assert_eq!(e.message, "no [[shift]] named \"night\"");
+    }
 
     fn shift(start: &str, end: &str) -> Shift {
         Shift {

@@ -147,3 +147,24 @@ impl Compiler<'_, '_> {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{error_at, loaded, with, MINIMAL};
+    use crate::config::Commands;
+
+    #[test]
+    fn a_misspelled_command_group_suggests_the_group() {
+        let e = error_at(
+            &with("\n[commands]\nenabled = [\"andon/ack\", \"jobs/*\"]\n"),
+            "commands.enabled[1]",
+        );
+        assert_eq!(e.message, "unknown command group \"jobs/*\"");
+        assert_eq!(e.hint.as_deref(), Some("did you mean \"job/*\"?"));
+    }
+
+    #[test]
+    fn without_the_table_every_command_is_enabled_unsigned() {
+        assert_eq!(loaded(MINIMAL).config.commands, Commands::default());
+    }
+}

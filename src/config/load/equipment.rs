@@ -371,3 +371,32 @@ fn default_oee_targets() -> OeeTargets {
         oee: a * p * q,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{error_at, loaded, with};
+
+    #[test]
+    fn unassigned_is_reserved_for_stops_without_a_fault() {
+        let text = with(
+            "faults = { address = \"hr:10\" }\n\n[[equipment.fault]]\nbit = 0\ncode = \"UNASSIGNED\"\n",
+        );
+        let e = error_at(&text, "equipment[0].fault[0].code");
+        assert_eq!(
+            e.message,
+            "\"UNASSIGNED\" is reserved for stops without an active fault"
+        );
+    }
+
+    #[test]
+    fn raise_after_s_is_keyed_by_severity_name_low_first() {
+        let text = with("\n[equipment.andon.raise_after_s]\nlow = 1\ncritical = 4\n");
+        let e = &loaded(&text).config.equipment[0];
+        assert_eq!(e.andon.raise_after_s, [1, 300, 60, 4]);
+        let e = error_at(
+            &with("\n[equipment.andon.raise_after_s]\nmedum = 5\n"),
+            "equipment[0].andon.raise_after_s.medum",
+        );
+        assert_eq!(e.hint.as_deref(), Some("did you mean \"medium\"?"));
+    }
+}

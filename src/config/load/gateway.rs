@@ -96,3 +96,31 @@ impl Compiler<'_, '_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{edit, error_at, loaded, MINIMAL};
+
+    #[test]
+    fn an_unknown_time_zone_suggests_the_nearest_name() {
+        let e = error_at(
+            &edit("timezone = \"UTC\"", "timezone = \"Europe/Londn\""),
+            "gateway.timezone",
+        );
+        assert_eq!(e.message, "unknown time zone \"Europe/Londn\"");
+        assert_eq!(e.hint.as_deref(), Some("did you mean \"Europe/London\"?"));
+    }
+
+    #[test]
+    fn storage_and_telemetry_take_their_defaults_when_absent() {
+        let c = loaded(MINIMAL).config;
+        assert_eq!(c.gateway.data_dir.to_str(), Some("/var/lib/ms5-edge"));
+        assert_eq!(
+            (c.storage.max_outbox_mb, c.storage.retention_days),
+            (256, 90)
+        );
+        assert_eq!(c.storage.telemetry_retention_days, 7);
+        assert_eq!(c.telemetry.publish_interval_ms, 1000);
+        assert!(c.telemetry.store_and_forward);
+    }
+}

@@ -233,3 +233,32 @@ impl Compiler<'_, '_> {
         urls
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{error_at, loaded, with};
+    use crate::config::MqttProtocol;
+
+    #[test]
+    fn a_ca_file_over_plain_mqtt_is_refused_at_the_key() {
+        let e = error_at(
+            &with("\n[mqtt]\nurl = \"mqtt://h\"\nca_file = \"ca.pem\"\n"),
+            "mqtt.ca_file",
+        );
+        assert_eq!(
+            e.message,
+            "ca_file needs TLS, but the url is mqtt:// (plain TCP)"
+        );
+    }
+
+    #[test]
+    fn mqtt_3_is_a_notice_and_ids_default_from_the_gateway() {
+        let l = loaded(&with("\n[mqtt]\nurl = \"mqtts://h\"\nprotocol = 3\n"));
+        let m = l.config.mqtt.expect("[mqtt] compiled");
+        assert_eq!(m.protocol, MqttProtocol::V311);
+        assert_eq!(m.client_id, "ms5-edge-gw1");
+        assert_eq!(m.topic_prefix, "ms5/gw1");
+        assert_eq!(l.notices.len(), 1);
+        assert_eq!(l.notices[0].key, "mqtt.protocol");
+    }
+}

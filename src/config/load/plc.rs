@@ -161,3 +161,47 @@ impl Compiler<'_, '_> {
         (plc, name, access)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{edit, error_at, loaded, MINIMAL};
+
+    #[test]
+    fn a_port_in_the_host_is_refused_with_a_hint() {
+        let e = error_at(
+            &edit("host = \"127.0.0.1\"", "host = \"127.0.0.1:1502\""),
+            "plc[0].host",
+        );
+        assert_eq!(
+            e.message,
+            "\"127.0.0.1:1502\" is not a host name or IP address"
+        );
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("put the port in its own key: port = 1502")
+        );
+    }
+
+    #[test]
+    fn a_slot_on_a_modbus_plc_is_refused_at_the_key() {
+        let e = error_at(
+            &edit("host = \"127.0.0.1\"", "host = \"127.0.0.1\"\nslot = 1"),
+            "plc[0].slot",
+        );
+        assert_eq!(
+            e.message,
+            "\"slot\" applies to ethernet-ip PLCs only; this PLC is modbus-tcp"
+        );
+    }
+
+    #[test]
+    fn the_timeout_defaults_to_the_shorter_of_500_ms_and_the_poll_interval() {
+        let plc = &loaded(MINIMAL).config.plcs[0];
+        assert_eq!((plc.poll_interval_ms, plc.timeout_ms), (1000, 500));
+        let fast = edit(
+            "host = \"127.0.0.1\"",
+            "host = \"127.0.0.1\"\npoll_interval_ms = 100",
+        );
+        assert_eq!(loaded(&fast).config.plcs[0].timeout_ms, 100);
+    }
+}

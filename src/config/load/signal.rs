@@ -508,3 +508,51 @@ impl Compiler<'_, '_> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{edit, error_at, loaded, with};
+    use crate::config::DataType;
+
+    #[test]
+    fn a_logix_type_on_a_modbus_signal_names_the_modbus_type() {
+        let e = error_at(
+            &edit(
+                "{ address = \"hr:0\" }",
+                "{ address = \"hr:0\", type = \"dint\" }",
+            ),
+            "equipment[0].signals.good_count.type",
+        );
+        assert_eq!(
+            e.hint.as_deref(),
+            Some("\"dint\" is a Logix type; on Modbus use \"i32\"")
+        );
+    }
+
+    #[test]
+    fn a_signal_is_read_in_one_request_of_at_most_125_registers() {
+        let ok = with("extra = { big = { address = \"hr:0\", type = \"f64\", count = 31 } }\n");
+        let extra = &loaded(&ok).config.equipment[0].signals.extra;
+        assert_eq!(
+            (extra[0].1.data_type, extra[0].1.count),
+            (DataType::F64, 31)
+        );
+        let e = error_at(
+            &with("extra = { big = { address = \"hr:0\", type = \"f64\", count = 32 } }\n"),
+            "equipment[0].signals.extra.big.count",
+        );
+        assert_eq!(
+            e.message,
+            "32 × f64 is 128 registers; one signal is read in one request of at most 125"
+        );
+    }
+
+    #[test]
+    fn an_equipment_whose_widest_message_exceeds_the_packet_limit_is_refused_at_its_header() {
+        let text = with(
+            "extra = { big = { address = \"hr:0\", count = 125 } }\n\n[mqtt]\nurl = \"mqtts://h\"\nmax_packet_kb = 1\n",
+        );
+        let e = error_at(&text, "equipment[0]");
+        assert!(e.message.contains("its largest telemetry message"), "{e}");
+    }
+}
