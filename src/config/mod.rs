@@ -9,12 +9,44 @@
 //! stop → shift), every range holds, names are unique and topic-safe, shifts do not overlap,
 //! and every signal address is well formed for its PLC's protocol. Code downstream never
 //! re-checks these and never sees an `Option` that "must be `Some` by now".
+//!
+//! The names of the config enums ([`Severity`], [`FaultCategory`], [`EquipmentType`],
+//! [`ByteOrder`], and [`DataType`] per protocol) are written once, as one name table each
+//! (`NAMES`, `DataType::MODBUS_NAMES` / `LOGIX_NAMES`): the loader parses with the table and
+//! `as_str()` / `Display` print from it, so events and messages use the names of the file.
 
 mod load;
 
 pub use load::{load_file, load_str, ConfigError, ConfigErrors, Loaded, MIN_COMMAND_KEY_BYTES};
 
+use std::fmt;
 use std::path::PathBuf;
+
+/// Declares the one name table of a config enum and derives both directions from it:
+/// `NAMES` (name → value: what the loader parses, listed in this order in its messages) and
+/// `as_str()` / `Display` (value → name: for events, status and messages). A variant missing
+/// from the list does not compile, so parsing and printing cannot drift apart.
+macro_rules! vocabulary {
+    ($ty:ident { $($name:literal => $variant:ident),+ $(,)? }) => {
+        impl $ty {
+            /// Every value with its name in the config file, in the order messages list them.
+            pub const NAMES: &'static [(&'static str, $ty)] = &[$(($name, $ty::$variant)),+];
+
+            /// The name of this value in the config file (and in events).
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
 
 /// The validated configuration of one gateway.
 #[derive(Debug, Clone, PartialEq)]
@@ -246,6 +278,13 @@ pub enum ByteOrder {
     Dcba,
 }
 
+vocabulary! { ByteOrder {
+    "ABCD" => Abcd,
+    "CDAB" => Cdab,
+    "BADC" => Badc,
+    "DCBA" => Dcba,
+} }
+
 /// One `[[shift]]`; `start == end` means a 24 h shift.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Shift {
@@ -296,6 +335,14 @@ pub enum EquipmentType {
     Conveyor,
     Packaging,
 }
+
+vocabulary! { EquipmentType {
+    "production" => Production,
+    "utility" => Utility,
+    "support" => Support,
+    "conveyor" => Conveyor,
+    "packaging" => Packaging,
+} }
 
 /// `[equipment.oee_targets]`; each in 0..=1.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -420,6 +467,57 @@ pub enum DataType {
 }
 
 impl DataType {
+    /// The Modbus `type` names, in the order messages list them. Logix SINT (`I8`) has none.
+    pub const MODBUS_NAMES: &'static [(&'static str, DataType)] = &[
+        ("bool", DataType::Bool),
+        ("u16", DataType::U16),
+        ("i16", DataType::I16),
+        ("u32", DataType::U32),
+        ("i32", DataType::I32),
+        ("u64", DataType::U64),
+        ("i64", DataType::I64),
+        ("f32", DataType::F32),
+        ("f64", DataType::F64),
+    ];
+
+    /// The Logix tag `type` names, in the order messages list them. The unsigned types have
+    /// none (Logix integers are signed).
+    pub const LOGIX_NAMES: &'static [(&'static str, DataType)] = &[
+        ("bool", DataType::Bool),
+        ("sint", DataType::I8),
+        ("int", DataType::I16),
+        ("dint", DataType::I32),
+        ("lint", DataType::I64),
+        ("real", DataType::F32),
+        ("lreal", DataType::F64),
+    ];
+
+    /// The Modbus name of this type; `None` for `I8`, which only Logix tags have.
+    pub fn modbus_name(self) -> Option<&'static str> {
+        name_in(Self::MODBUS_NAMES, self)
+    }
+
+    /// The Logix name of this type; `None` for the unsigned types.
+    pub fn logix_name(self) -> Option<&'static str> {
+        name_in(Self::LOGIX_NAMES, self)
+    }
+
+    /// The name in the vocabulary of a protocol: Logix names when `logix`, else Modbus names.
+    pub fn name(self, logix: bool) -> Option<&'static str> {
+        if logix {
+            self.logix_name()
+        } else {
+            self.modbus_name()
+        }
+    }
+
+    /// One name for every type: the Modbus name, else (for `I8`) the Logix one.
+    pub fn as_str(self) -> &'static str {
+        self.modbus_name()
+            .or_else(|| self.logix_name())
+            .unwrap_or("?")
+    }
+
     /// Registers one element occupies on Modbus.
     pub fn registers(self) -> u16 {
         match self {
@@ -453,6 +551,16 @@ pub enum FaultCategory {
     Other,
 }
 
+vocabulary! { FaultCategory {
+    "mechanical" => Mechanical,
+    "electrical" => Electrical,
+    "material" => Material,
+    "quality" => Quality,
+    "safety" => Safety,
+    "operator" => Operator,
+    "other" => Other,
+} }
+
 /// `[equipment.andon]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AndonRules {
@@ -483,4 +591,71 @@ pub enum Severity {
     Medium,
     High,
     Critical,
+}
+
+vocabulary! { Severity {
+    "low" => Low,
+    "medium" => Medium,
+    "high" => High,
+    "critical" => Critical,
+} }
+
+/// The name of `value` in a name table.
+fn name_in<E: Copy + PartialEq>(table: &[(&'static str, E)], value: E) -> Option<&'static str> {
+    table.iter().find(|(_, v)| *v == value).map(|(n, _)| *n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each name parses to a value that prints as the same name, and each value appears once.
+    fn round_trips<E: Copy + PartialEq + fmt::Debug>(
+        table: &[(&str, E)],
+        as_str: fn(E) -> &'static str,
+    ) {
+        for (i, (name, value)) in table.iter().enumerate() {
+            assert_eq!(as_str(*value), *name);
+            assert!(
+                table[..i].iter().all(|(n, v)| n != name && v != value),
+                "{name} listed twice"
+            );
+        }
+    }
+
+    #[test]
+    fn every_vocabulary_prints_the_name_it_parses() {
+        round_trips(ByteOrder::NAMES, ByteOrder::as_str);
+        round_trips(EquipmentType::NAMES, EquipmentType::as_str);
+        round_trips(FaultCategory::NAMES, FaultCategory::as_str);
+        round_trips(Severity::NAMES, Severity::as_str);
+        round_trips(DataType::MODBUS_NAMES, |d| d.modbus_name().unwrap());
+        round_trips(DataType::LOGIX_NAMES, |d| d.logix_name().unwrap());
+    }
+
+    #[test]
+    fn severities_are_named_from_low_to_critical() {
+        // `AndonRules::raise_after_s` and `[equipment.andon.raise_after_s]` rely on this order.
+        assert!(Severity::NAMES.windows(2).all(|w| w[0].1 < w[1].1));
+        assert_eq!(Severity::NAMES.len(), 4);
+    }
+
+    #[test]
+    fn display_is_the_config_name() {
+        assert_eq!(Severity::Critical.to_string(), "critical");
+        assert_eq!(FaultCategory::Safety.to_string(), "safety");
+        assert_eq!(EquipmentType::Packaging.to_string(), "packaging");
+        assert_eq!(ByteOrder::Cdab.to_string(), "CDAB");
+    }
+
+    #[test]
+    fn every_data_type_has_a_name() {
+        use DataType::*;
+        for dt in [Bool, U16, I16, U32, I32, U64, I64, F32, F64, I8] {
+            assert_ne!(dt.as_str(), "?");
+            assert!(dt.name(false).is_some() || dt.name(true).is_some());
+        }
+        assert_eq!(I8.as_str(), "sint");
+        assert_eq!(U32.logix_name(), None);
+    }
 }
