@@ -6,6 +6,7 @@ pub mod line;
 pub mod pki;
 pub mod proxy;
 pub mod python;
+pub mod rig;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
