@@ -158,11 +158,7 @@ impl Rig {
         let mut rig = Rig::prepare(opts).await;
         let (stop, rx) = watch::channel(false);
         let observers = Observers::default();
-        let task = tokio::spawn(daemon::run(
-            config(&rig.config_text),
-            rx,
-            observers.clone(),
-        ));
+        let task = tokio::spawn(daemon::run(config(&rig.config_text), rx, observers.clone()));
         rig.daemon = Some(InProcess {
             observers,
             stop,
@@ -225,7 +221,11 @@ impl Rig {
 
     /// The in-process daemon's observers.
     pub fn observers(&self) -> &Observers {
-        &self.daemon.as_ref().expect("an in-process daemon").observers
+        &self
+            .daemon
+            .as_ref()
+            .expect("an in-process daemon")
+            .observers
     }
 
     /// Stops the in-process daemon and awaits a clean exit (no deadline of its own).
