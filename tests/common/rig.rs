@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ms5_edge::daemon::{self, DaemonError, Observers};
+use ms5_edge::engine::MachineState;
 use ms5_edge::sim::{self, Machine, Override};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::Value;
@@ -75,6 +76,18 @@ impl ClientOptions {
             keep_alive: None,
             cap: 100,
             reconnect: false,
+        }
+    }
+
+    /// A client that rides out broker restarts: 5 s keep-alive, reconnects.
+    pub fn reconnecting(id: impl Into<String>) -> ClientOptions {
+        ClientOptions {
+            id: id.into(),
+            max_packet: None,
+            inflight: None,
+            keep_alive: Some(Duration::from_secs(5)),
+            cap: 16,
+            reconnect: true,
         }
     }
 }
@@ -226,6 +239,22 @@ impl Rig {
             .as_ref()
             .expect("an in-process daemon")
             .observers
+    }
+
+    /// The in-process daemon's view of `equipment`'s state.
+    pub fn state_of(&self, equipment: &str) -> Option<MachineState> {
+        self.observers()
+            .view
+            .borrow()
+            .machines
+            .iter()
+            .find(|m| m.equipment == equipment)
+            .map(|m| m.state)
+    }
+
+    /// The in-process daemon's last committed seq.
+    pub fn last_seq(&self) -> i64 {
+        self.observers().view.borrow().last_seq
     }
 
     /// Stops the in-process daemon and awaits a clean exit (no deadline of its own).
