@@ -7,10 +7,9 @@ mod common;
 use std::time::Duration;
 
 use common::line::{BAGGER, PREFIX};
-use common::rig::{reply_in, ClientOptions, Rig, RigOptions};
+use common::rig::{cmd_topic, Rig, RigOptions};
 use common::Received;
 use ms5_edge::sim::Override;
-use rumqttc::QoS;
 use serde_json::json;
 
 /// Bit 2 of the bagger's first fault word.
@@ -55,28 +54,15 @@ async fn a_critical_safety_fault_in_a_commanded_planned_stop_raises_its_andon() 
     })
     .await;
 
-    let client = rig
-        .client(ClientOptions::reconnecting(format!(
-            "test-pub-{}",
-            rig.broker.port
-        )))
-        .await;
-    client
-        .publish(
-            format!("{PREFIX}/cmd/{BAGGER}/planned-stop/start"),
-            QoS::AtLeastOnce,
-            false,
-            json!({"request_id":"ps1","by":"lead","reason":"cleaning"}).to_string(),
+    let reply = rig
+        .command_within(
+            BAGGER,
+            "planned-stop/start",
+            json!({"request_id":"ps1","by":"lead","reason":"cleaning"}),
+            Duration::from_secs(15),
         )
-        .await
-        .unwrap();
-    sub.wait(
-        "the planned-stop/start reply",
-        Duration::from_secs(15),
-        |m| reply_in(m, "ps1").is_some(),
-    )
-    .await;
-    assert_eq!(reply_in(&sub.snapshot(), "ps1").unwrap()["ok"], true);
+        .await;
+    assert_eq!(reply["ok"], true);
 
     // The machine stops in its planned stop, and the emergency stop is pressed.
     bagger.set_override(Override {
@@ -125,15 +111,11 @@ async fn a_critical_safety_fault_in_a_commanded_planned_stop_raises_its_andon() 
         of_type(&sub.snapshot(), "ms5.andon.resolved")[0].payload["data"]["resolved_by"],
         "auto"
     );
-    client
-        .publish(
-            format!("{PREFIX}/cmd/{BAGGER}/planned-stop/end"),
-            QoS::AtLeastOnce,
-            false,
-            json!({"request_id":"ps2","by":"lead"}).to_string(),
-        )
-        .await
-        .unwrap();
+    rig.publish(
+        &cmd_topic(BAGGER, "planned-stop/end"),
+        json!({"request_id":"ps2","by":"lead"}).to_string(),
+    )
+    .await;
     sub.wait(
         "the planned downtime to end",
         Duration::from_secs(15),

@@ -299,13 +299,25 @@ impl Rig {
     /// Sends command `name` to `equipment` and returns the reply with the body's
     /// `request_id` (waiting up to 20 s).
     pub async fn command(&self, equipment: &str, name: &str, body: Value) -> Value {
+        self.command_within(equipment, name, body, Duration::from_secs(20))
+            .await
+    }
+
+    /// Like [`Rig::command`], waiting up to `timeout` for the reply.
+    pub async fn command_within(
+        &self,
+        equipment: &str,
+        name: &str,
+        body: Value,
+        timeout: Duration,
+    ) -> Value {
         let id = body["request_id"]
             .as_str()
             .expect("a command with a request_id")
             .to_string();
         self.publish(&cmd_topic(equipment, name), body.to_string())
             .await;
-        self.wait_reply(&id, Duration::from_secs(20)).await
+        self.wait_reply(&id, timeout).await
     }
 
     /// Every reply on `P/reply` so far.
