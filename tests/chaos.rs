@@ -9,8 +9,9 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::line::{config_text, line, BAGGER, PREFIX};
-use common::{assert_gapless, wait_for, Broker, DaemonProcess, Subscriber};
+use common::line::BAGGER;
+use common::rig::{Rig, RigOptions};
+use common::{assert_gapless, wait_for, DaemonProcess};
 use ms5_edge::sim::Override;
 use ms5_edge::store::DB_FILE;
 
@@ -65,26 +66,17 @@ async fn through_broker_restarts_kill_9_and_plc_loss_every_committed_event_arriv
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5EED_u64);
     let mut rng = fastrand::Rng::with_seed(seed);
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(machine(&mut rng));
-    let config_path = dir.path().join("ms5-edge.toml");
-    std::fs::write(
-        &config_path,
-        config_text(
-            &line,
-            &data,
-            Some(&broker.url()),
-            &format!("max_inflight = {MAX_INFLIGHT}\n"),
-        ),
-    )
-    .unwrap();
+    let bagger = machine(&mut rng);
+    let mut rig = Rig::prepare(RigOptions {
+        bagger: Some(bagger),
+        mqtt_extra: format!("max_inflight = {MAX_INFLIGHT}\n"),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, data) = (rig.sub.clone(), rig.data.clone());
+    let (config_path, dir) = (rig.config_path.clone(), rig.dir.path().to_path_buf());
     let mut incarnation = 1;
-    let start =
-        |n: usize| DaemonProcess::start(&config_path, &dir.path().join(format!("daemon{n}.log")));
+    let start = |n: usize| DaemonProcess::start(&config_path, &dir.join(format!("daemon{n}.log")));
     let mut daemon = start(incarnation);
     sub.wait("first events", Duration::from_secs(20), |m| {
         m.iter().any(|r| r.payload["seq"].as_i64().is_some())
@@ -95,17 +87,17 @@ async fn through_broker_restarts_kill_9_and_plc_loss_every_committed_event_arriv
     let mut log = Vec::new();
     let began = Instant::now();
     while began.elapsed() < CHAOS_FOR {
-        line.bagger.set_override(machine(&mut rng));
-        line.loader.set_override(machine(&mut rng));
+        rig.line.bagger.set_override(machine(&mut rng));
+        rig.line.loader.set_override(machine(&mut rng));
         match rng.u8(0..5) {
             0 => {
                 log.push("broker restart");
-                broker.stop();
+                rig.broker.stop();
                 disruptions += 1;
                 let_the_line_run(rng.u64(300..3000)).await;
-                line.bagger.set_override(machine(&mut rng));
+                rig.line.bagger.set_override(machine(&mut rng));
                 let_the_line_run(rng.u64(300..1500)).await;
-                broker.restart().await;
+                rig.broker.restart().await;
             }
             1 => {
                 log.push("daemon kill -9");
@@ -116,7 +108,7 @@ async fn through_broker_restarts_kill_9_and_plc_loss_every_committed_event_arriv
             }
             2 => {
                 log.push("broker down, daemon kill -9, broker up");
-                broker.stop();
+                rig.broker.stop();
                 disruptions += 1;
                 let_the_line_run(rng.u64(500..2000)).await;
                 daemon.kill9();
@@ -124,24 +116,24 @@ async fn through_broker_restarts_kill_9_and_plc_loss_every_committed_event_arriv
                 incarnation += 1;
                 daemon = start(incarnation);
                 let_the_line_run(rng.u64(500..2000)).await;
-                broker.restart().await;
+                rig.broker.restart().await;
             }
             3 => {
                 log.push("PLC offline");
-                line.bagger.set_online(false);
+                rig.line.bagger.set_online(false);
                 let_the_line_run(rng.u64(1000..3000)).await;
-                line.bagger.set_online(true);
+                rig.line.bagger.set_online(true);
             }
             _ => log.push("quiet"),
         }
         let_the_line_run(rng.u64(200..2000)).await;
     }
-    line.bagger.set_override(Override {
+    rig.line.bagger.set_override(Override {
         running: Some(false),
         fault_words: Some([0; 4]),
         ..Override::default()
     });
-    line.loader.set_override(Override::default());
+    rig.line.loader.set_override(Override::default());
 
     // Everything committed up to now must arrive.
     let last_committed = committed(&data);

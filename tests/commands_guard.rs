@@ -7,54 +7,25 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::line::{config, config_text, hold_running, line, BAGGER, PREFIX};
-use common::{wait_for, Broker, Subscriber};
-use ms5_edge::daemon::{self, Observers};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
-use serde_json::Value;
-use tokio::sync::watch;
-
-async fn publisher(port: u16) -> AsyncClient {
-    let mut opts = MqttOptions::new("test-commander", "127.0.0.1", port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 100);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    client
-}
-
-fn replies(sub: &Subscriber) -> Vec<Value> {
-    sub.snapshot()
-        .into_iter()
-        .filter(|m| m.topic == format!("{PREFIX}/reply"))
-        .map(|m| m.payload)
-        .collect()
-}
+use common::line::{hold_running, BAGGER, PREFIX};
+use common::rig::{Rig, RigOptions};
+use common::wait_for;
+use rumqttc::QoS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_commands_are_refused_with_a_reason_and_change_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let cfg = config(&config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&broker.url()),
-        "",
-    ));
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(cfg, rx, observers.clone()));
-    sub.wait("bagger running", Duration::from_secs(20), |m| {
-        m.iter().any(|r| {
-            r.topic == format!("{PREFIX}/{BAGGER}/state") && r.payload["data"]["to"] == "running"
-        })
+    let mut rig = Rig::start(RigOptions {
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
     })
     .await;
+    rig.wait_state_after("running", 0, Duration::from_secs(20))
+        .await;
+    let sub = &rig.sub;
+    let observers = rig.observers().clone();
     let seq_before = observers.view.borrow().last_seq;
     let states_before = observers.view.borrow().machines.clone();
-    let client = publisher(broker.port).await;
+    let client = rig.publisher().await;
 
     // Not a command topic: ignored, no reply.
     for topic in [
@@ -137,11 +108,11 @@ async fn bad_commands_are_refused_with_a_reason_and_change_nothing() {
         .await
         .unwrap();
     wait_for("the marker's reply", Duration::from_secs(20), || {
-        replies(&sub).iter().any(|r| r["request_id"] == "marker")
+        rig.replies().iter().any(|r| r["request_id"] == "marker")
     })
     .await;
 
-    let all = replies(&sub);
+    let all = rig.replies();
     let error_of = |id: Option<&str>, needle: &str| {
         all.iter().any(|r| {
             r["ok"] == false
@@ -197,10 +168,5 @@ async fn bad_commands_are_refused_with_a_reason_and_change_nothing() {
     );
     assert_eq!(observers.view.borrow().machines, states_before);
 
-    let _ = stop.send(true);
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("daemon stops")
-        .unwrap()
-        .unwrap();
+    rig.stop_within(Duration::from_secs(10)).await;
 }

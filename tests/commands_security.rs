@@ -11,44 +11,27 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::line::{config, config_text, hold_running, line, BAGGER, PREFIX};
-use common::{wait_for, Broker, Subscriber};
-use ms5_edge::daemon::{self, Observers};
+use common::line::{hold_running, BAGGER, PREFIX};
+use common::rig::{cmd_topic, ClientOptions, Rig, RigOptions};
+use common::{wait_for, Subscriber};
+use ms5_edge::daemon::Observers;
 use ms5_edge::uplink::signature;
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
-use tokio::sync::watch;
 
 const KEY: [u8; 32] = *b"0123456789abcdef0123456789ABCDEF";
 
-async fn publisher(port: u16) -> AsyncClient {
-    let mut opts = MqttOptions::new("test-commander", "127.0.0.1", port);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 2000);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    client
-}
-
-fn replies(sub: &Subscriber) -> Vec<Value> {
-    sub.snapshot()
-        .into_iter()
-        .filter(|m| m.topic == format!("{PREFIX}/reply"))
-        .map(|m| m.payload)
-        .collect()
+/// The commander of this file: 1 MiB packets and room for a flood of 1 100 queued publishes.
+fn commander() -> ClientOptions {
+    ClientOptions {
+        cap: 2000,
+        ..ClientOptions::commander()
+    }
 }
 
 /// Waits for the reply to `id` and returns it.
-async fn reply_to(sub: &Subscriber, id: &str) -> Value {
-    let what = format!("the reply to {id}");
-    sub.wait(&what, Duration::from_secs(20), |m| {
-        m.iter()
-            .any(|r| r.topic == format!("{PREFIX}/reply") && r.payload["request_id"] == id)
-    })
-    .await;
-    replies(sub)
-        .into_iter()
-        .find(|r| r["request_id"] == id)
-        .unwrap_or(Value::Null)
+async fn reply_to(r: &Running, id: &str) -> Value {
+    r.rig.wait_reply(id, Duration::from_secs(20)).await
 }
 
 fn rfc3339(at: jiff::Timestamp) -> String {
@@ -56,7 +39,7 @@ fn rfc3339(at: jiff::Timestamp) -> String {
 }
 
 fn cmd(command: &str) -> String {
-    format!("{PREFIX}/cmd/{BAGGER}/{command}")
+    cmd_topic(BAGGER, command)
 }
 
 /// Operators named by `context.changed` events on the bagger, in arrival order.
@@ -69,51 +52,38 @@ fn operators(sub: &Subscriber) -> Vec<String> {
 }
 
 struct Running {
-    _dir: tempfile::TempDir,
-    _broker: Broker,
-    _line: common::line::Line,
+    rig: Rig,
     sub: Subscriber,
     client: AsyncClient,
     observers: Observers,
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
 }
 
 /// The demo line with `commands` as its `[commands]` table (`{KEY_FILE}` → a key file holding
-/// [`KEY`]), running until `stop`, with the bagger running.
+/// [`KEY`]), running until `finish`, with the bagger running.
 async fn start(commands: &str) -> Running {
-    let dir = tempfile::tempdir().unwrap();
-    let key_file = dir.path().join("command.key");
-    std::fs::write(&key_file, KEY).unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let mut text = config_text(&line, &dir.path().join("data"), Some(&broker.url()), "");
-    text.push_str(&format!(
-        "\n[commands]\n{}\n",
-        commands.replace("{KEY_FILE}", &key_file.display().to_string())
-    ));
-    let cfg = config(&text);
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(cfg, rx, observers.clone()));
-    sub.wait("bagger running", Duration::from_secs(20), |m| {
-        m.iter().any(|r| {
-            r.topic == format!("{PREFIX}/{BAGGER}/state") && r.payload["data"]["to"] == "running"
-        })
+    let commands = commands.to_string();
+    let rig = Rig::start(RigOptions {
+        bagger: Some(hold_running(true)),
+        config_edit: Some(Box::new(move |mut text: String, dir: &Path| {
+            let key_file = dir.join("command.key");
+            std::fs::write(&key_file, KEY).unwrap();
+            text.push_str(&format!(
+                "\n[commands]\n{}\n",
+                commands.replace("{KEY_FILE}", &key_file.display().to_string())
+            ));
+            text
+        })),
+        ..RigOptions::default()
     })
     .await;
-    let client = publisher(broker.port).await;
+    rig.wait_state_after("running", 0, Duration::from_secs(20))
+        .await;
+    let client = rig.client(commander()).await;
     Running {
-        _dir: dir,
-        _broker: broker,
-        _line: line,
-        sub,
+        sub: rig.sub.clone(),
+        observers: rig.observers().clone(),
         client,
-        observers,
-        stop,
-        task,
+        rig,
     }
 }
 
@@ -125,13 +95,8 @@ impl Running {
             .unwrap();
     }
 
-    async fn finish(self) {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("daemon stops")
-            .unwrap()
-            .unwrap();
+    async fn finish(mut self) {
+        self.rig.stop_within(Duration::from_secs(10)).await;
     }
 }
 
@@ -152,7 +117,7 @@ async fn only_signed_fresh_first_seen_enabled_commands_change_anything() {
     let signed =
         signature::sign_body(&KEY, &topic, &body("good", "alice"), &rfc3339(now)).expect("sign");
     r.publish(&topic, signed.clone()).await;
-    let ok = reply_to(&r.sub, "good").await;
+    let ok = reply_to(&r, "good").await;
     assert_eq!(ok["ok"], true, "{ok}");
     wait_for("alice in the context", Duration::from_secs(20), || {
         operators(&r.sub).contains(&"alice".to_string())
@@ -239,7 +204,7 @@ async fn only_signed_fresh_first_seen_enabled_commands_change_anything() {
     )
     .expect("sign");
     r.publish(&topic, marker).await;
-    assert_eq!(reply_to(&r.sub, "marker").await["ok"], true);
+    assert_eq!(reply_to(&r, "marker").await["ok"], true);
     wait_for("bob in the context", Duration::from_secs(20), || {
         operators(&r.sub).contains(&"bob".to_string())
     })
@@ -249,7 +214,7 @@ async fn only_signed_fresh_first_seen_enabled_commands_change_anything() {
         ["alice", "bob"],
         "only signed commands changed the context"
     );
-    let all = replies(&r.sub);
+    let all = r.rig.replies();
     assert_eq!(
         all.iter().filter(|x| x["ok"] == true).count(),
         2,
@@ -275,7 +240,7 @@ async fn a_flood_on_unknown_equipment_names_does_not_reset_the_real_equipments_b
             .await;
     }
     for n in 0..20 {
-        let reply = reply_to(&r.sub, &format!("first-{n}")).await;
+        let reply = reply_to(&r, &format!("first-{n}")).await;
         let error = reply["error"].as_str().unwrap_or("");
         assert!(!error.contains("rate limited"), "the burst fits: {reply}");
     }
@@ -301,7 +266,7 @@ async fn a_flood_on_unknown_equipment_names_does_not_reset_the_real_equipments_b
         ack("unknown-marker"),
     )
     .await;
-    reply_to(&r.sub, "unknown-marker").await;
+    reply_to(&r, "unknown-marker").await;
 
     // Now a burst of 40 for the real equipment.
     for n in 0..40 {
@@ -311,7 +276,7 @@ async fn a_flood_on_unknown_equipment_names_does_not_reset_the_real_equipments_b
     let mut limited = 0;
     let mut passed = 0;
     for n in 0..40 {
-        let reply = reply_to(&r.sub, &format!("real-{n}")).await;
+        let reply = reply_to(&r, &format!("real-{n}")).await;
         assert_eq!(
             reply["ok"], false,
             "no andon \"none\" to acknowledge: {reply}"
@@ -336,7 +301,7 @@ async fn a_flood_on_unknown_equipment_names_does_not_reset_the_real_equipments_b
     );
     // The unknown names shared one bucket: at most its burst plus its refill got as far as
     // "unknown equipment"; the rest were rate limited.
-    let all = replies(&r.sub);
+    let all = r.rig.replies();
     let unknown_named = all
         .iter()
         .filter(|x| {

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::line::{config_text, hold_running, line, PREFIX};
-use common::{Broker, DaemonProcess, Subscriber};
+use common::line::{hold_running, PREFIX};
+use common::rig::{Rig, RigOptions};
 use ms5_edge::store::{ReadOnly, Store, DB_FILE};
 
 /// Overwrites every page but the first (the schema stays readable, the tables do not).
@@ -56,20 +56,14 @@ fn a_file_that_is_not_a_database_is_moved_aside_and_a_new_stream_begins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_corrupted_on_disk_is_moved_aside_and_the_daemon_runs_on_a_new_stream() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let config_path = dir.path().join("ms5-edge.toml");
-    std::fs::write(
-        &config_path,
-        config_text(&line, &data, Some(&broker.url()), ""),
-    )
-    .unwrap();
+    let rig = Rig::prepare(RigOptions {
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, data) = (&rig.sub, &rig.data);
 
-    let mut first = DaemonProcess::start(&config_path, &dir.path().join("daemon1.log"));
+    let mut first = rig.spawn("daemon1.log");
     sub.wait(
         "events of the first database",
         Duration::from_secs(20),
@@ -87,7 +81,7 @@ async fn a_database_corrupted_on_disk_is_moved_aside_and_the_daemon_runs_on_a_ne
     scribble_over_pages(&db_path);
     let damaged = std::fs::read(&db_path).unwrap();
 
-    let mut second = DaemonProcess::start(&config_path, &dir.path().join("daemon2.log"));
+    let mut second = rig.spawn("daemon2.log");
     sub.wait("events of a new stream", Duration::from_secs(20), |m| {
         m.iter().any(|r| {
             r.payload["seq"].as_i64().is_some() && r.payload["stream"] != old_stream.as_str()
@@ -106,7 +100,7 @@ async fn a_database_corrupted_on_disk_is_moved_aside_and_the_daemon_runs_on_a_ne
     )
     .await;
 
-    let moved = corrupt_files(&data);
+    let moved = corrupt_files(data);
     let main: Vec<_> = moved
         .iter()
         .filter(|p| {
@@ -126,7 +120,7 @@ async fn a_database_corrupted_on_disk_is_moved_aside_and_the_daemon_runs_on_a_ne
         .collect();
     let (first_seq, _, _) = common::assert_gapless(&new_events);
     assert_eq!(first_seq, 1, "the new stream starts at seq 1");
-    let snap = ReadOnly::open(&data).unwrap().snapshot().unwrap();
+    let snap = ReadOnly::open(data).unwrap().snapshot().unwrap();
     assert_ne!(snap.stream, old_stream);
     assert!(snap.recovered.is_some(), "status shows the recovery");
     let log = second.log_text();

@@ -7,33 +7,24 @@ mod common;
 
 use std::time::Duration;
 
-use common::line::{config_text, hold_running, line, BAGGER, PREFIX};
-use common::{assert_gapless, wait_for, Broker, DaemonProcess, Subscriber};
+use common::line::{hold_running, BAGGER, PREFIX};
+use common::rig::{Rig, RigOptions};
+use common::{assert_gapless, wait_for};
 use ms5_edge::store::DB_FILE;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_database_never_stops_polling_and_its_events_are_delivered_when_space_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let config_path = dir.path().join("ms5-edge.toml");
-    std::fs::write(
-        &config_path,
-        config_text(&line, &data, Some(&broker.url()), ""),
-    )
-    .unwrap();
-
-    // A first run creates the database; its size decides the page limit of the second run.
-    let mut first = DaemonProcess::start(&config_path, &dir.path().join("daemon1.log"));
-    sub.wait("bagger running", Duration::from_secs(20), |m| {
-        m.iter().any(|r| {
-            r.topic == format!("{PREFIX}/{BAGGER}/state") && r.payload["data"]["to"] == "running"
-        })
+    let mut rig = Rig::prepare(RigOptions {
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
     })
     .await;
+    let (sub, data) = (rig.sub.clone(), rig.data.clone());
+
+    // A first run creates the database; its size decides the page limit of the second run.
+    let mut first = rig.spawn("daemon1.log");
+    rig.wait_state_after("running", 0, Duration::from_secs(20))
+        .await;
     assert!(first.terminate().success());
     let pages: i64 = rusqlite::Connection::open(data.join(DB_FILE))
         .unwrap()
@@ -41,10 +32,9 @@ async fn a_full_database_never_stops_polling_and_its_events_are_delivered_when_s
         .unwrap();
 
     // The broker goes away and the outbox fills the few pages left.
-    broker.stop();
+    rig.broker.stop();
     let knob = [("MS5_EDGE_TEST_MAX_PAGE_COUNT", (pages + 16).to_string())];
-    let mut daemon =
-        DaemonProcess::start_with_env(&config_path, &dir.path().join("daemon2.log"), &knob);
+    let mut daemon = rig.spawn_with_env("daemon2.log", &knob);
     wait_for("the database to be full", Duration::from_secs(90), || {
         daemon.log_text().contains("cannot commit to the database")
     })
@@ -56,6 +46,7 @@ async fn a_full_database_never_stops_polling_and_its_events_are_delivered_when_s
     );
 
     // Polling and the engine go on: a stop while the disk is full.
+    let line = &rig.line;
     let served = line.bagger.requests_served();
     line.bagger.set_override(hold_running(false));
     wait_for(
@@ -70,7 +61,7 @@ async fn a_full_database_never_stops_polling_and_its_events_are_delivered_when_s
     );
 
     // Space returns: the broker is back, acknowledged rows free their pages.
-    broker.restart().await;
+    rig.broker.restart().await;
     sub.wait(
         "the stop made while the disk was full",
         Duration::from_secs(60),

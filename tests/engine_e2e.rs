@@ -3,18 +3,15 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::{Broker, Subscriber};
-use ms5_edge::daemon::{self, Observers};
-use ms5_edge::sim::{self, Machine, Override};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use common::line::{BAGGER, PREFIX};
+use common::rig::{replies_in, ClientOptions, Rig, RigOptions};
+use common::Subscriber;
+use ms5_edge::sim::Override;
+use rumqttc::QoS;
 use serde_json::{json, Value};
-use tokio::sync::watch;
 
-const PREFIX: &str = "ms5/bp01-demo";
-const BAGGER: &str = "BP01.PACK.BAG1";
 const LOADER: &str = "BP01.PACK.BAG1.BL";
 
 fn events_of(sub: &Subscriber, ty: &str, equipment: &str) -> Vec<Value> {
@@ -29,48 +26,23 @@ fn in_messages(m: &[common::Received], ty: &str, equipment: &str) -> Vec<Value> 
         .collect()
 }
 
-async fn publisher(port: u16) -> AsyncClient {
-    let mut opts = MqttOptions::new(format!("test-pub-{port}"), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    tokio::spawn(async move {
-        loop {
-            if eventloop.poll().await.is_err() {
-                // Broker away: rumqttc reconnects on the next poll; pace the retries.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_simulated_line_yields_downtime_andons_commands_and_a_consistent_shift_oee() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    // Bagger from scenario second 50: its 40 s FILM_BREAK stop begins 10 s in.
-    let bagger = sim::start_at(Machine::Bagger, any, 50_000).await.unwrap();
-    // Loader from 0: stopped 8–43 s, JAM appearing 4 s into the stop.
-    let loader = sim::start(Machine::Loader, any).await.unwrap();
-    let text = ms5_edge::demo::config_text(
-        bagger.addr().port(),
-        loader.addr().port(),
-        &dir.path().join("data").display().to_string(),
-        Some(&broker.url()),
-    )
-    .replacen(
-        "\n[[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
-        "\n[equipment.andon]\nraise_after_s = { high = 5 }\nescalate_after_s = [10, 20]\n\n[[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
-        1,
-    );
-    let config = ms5_edge::config::load_str(&text, "e2e.toml")
-        .unwrap()
-        .config;
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let daemon = tokio::spawn(daemon::run(config, rx, observers));
+    let mut rig = Rig::start(RigOptions {
+        // Bagger from scenario second 50: its 40 s FILM_BREAK stop begins 10 s in.
+        // Loader from 0: stopped 8–43 s, JAM appearing 4 s into the stop.
+        bagger_at_ms: Some(50_000),
+        config_edit: Some(Box::new(|text, _| {
+            text.replacen(
+                "\n[[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
+                "\n[equipment.andon]\nraise_after_s = { high = 5 }\nescalate_after_s = [10, 20]\n\n[[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
+                1,
+            )
+        })),
+        ..RigOptions::default()
+    })
+    .await;
+    let sub = rig.sub.clone();
 
     // Bagger: FILM_BREAK downtime with a fast andon that escalates twice, then auto-resolves.
     sub.wait(
@@ -123,7 +95,12 @@ async fn the_simulated_line_yields_downtime_andons_commands_and_a_consistent_shi
     assert!((34.0..=36.0).contains(&d), "the loader stops 35 s, got {d}");
 
     // Commands: one reply each; a valid job assignment publishes a retained context.
-    let client = publisher(broker.port).await;
+    let client = rig
+        .client(ClientOptions::reconnecting(format!(
+            "test-pub-{}",
+            rig.broker.port
+        )))
+        .await;
     let cmd = |path: &str, body: Value| {
         let client = client.clone();
         let topic = format!("{PREFIX}/cmd/{path}");
@@ -166,12 +143,7 @@ async fn the_simulated_line_yields_downtime_andons_commands_and_a_consistent_shi
             >= 5
     })
     .await;
-    let replies: Vec<Value> = sub
-        .snapshot()
-        .into_iter()
-        .filter(|r| r.topic == format!("{PREFIX}/reply"))
-        .map(|r| r.payload)
-        .collect();
+    let replies: Vec<Value> = replies_in(&sub.snapshot());
     let reply = |id: &str| {
         replies
             .iter()
@@ -201,6 +173,7 @@ async fn the_simulated_line_yields_downtime_andons_commands_and_a_consistent_shi
     let baseline = events_of(&sub, "ms5.telemetry", BAGGER)[0]["data"]["values"]["good_count"]
         .as_u64()
         .unwrap();
+    let bagger = &rig.line.bagger;
     let frozen = bagger.elapsed_ms();
     bagger.set_override(Override {
         elapsed_ms: Some(frozen),
@@ -245,6 +218,5 @@ async fn the_simulated_line_yields_downtime_andons_commands_and_a_consistent_shi
         assert!((0.0..=1.0).contains(&v), "{k}: {snap}");
     }
 
-    let _ = stop.send(true);
-    daemon.await.unwrap().unwrap();
+    rig.stop().await;
 }

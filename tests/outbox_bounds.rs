@@ -7,8 +7,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::line::{config_text, hold_running, line, BAGGER, PREFIX};
-use common::{wait_for, Broker, DaemonProcess, Subscriber};
+use common::line::{hold_running, BAGGER, PREFIX};
+use common::rig::{Rig, RigOptions};
+use common::wait_for;
 use ms5_edge::acquire::Value;
 use ms5_edge::engine::{Event, MachineState};
 use ms5_edge::store::bounds::DropReason;
@@ -195,33 +196,26 @@ fn the_outbox_bound_drops_telemetry_then_oee_snapshots_then_events_oldest_first_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_outage_past_the_outbox_bound_loses_only_telemetry_and_p_status_reports_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let config_path = dir.path().join("ms5-edge.toml");
-    std::fs::write(
-        &config_path,
-        config_text(&line, &data, Some(&broker.url()), ""),
-    )
-    .unwrap();
+    let mut rig = Rig::prepare(RigOptions {
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, data) = (rig.sub.clone(), rig.data.clone());
     // About a dozen messages fit: SPEC's 1 MiB granularity would need an hour-long test.
     let knob = [("MS5_EDGE_TEST_MAX_OUTBOX_BYTES", "8000".to_string())];
-    let mut daemon =
-        DaemonProcess::start_with_env(&config_path, &dir.path().join("daemon.log"), &knob);
+    let mut daemon = rig.spawn_with_env("daemon.log", &knob);
     sub.wait("first state change", Duration::from_secs(20), |m| {
         m.iter()
             .any(|r| r.topic == format!("{PREFIX}/{BAGGER}/state"))
     })
     .await;
 
-    broker.stop();
+    rig.broker.stop();
     // A long outage: state changes among a stream of telemetry, far more than 8000 bytes.
     let db = || ReadOnly::open(&data).and_then(|r| r.snapshot());
     for running in [false, true, false] {
-        line.bagger.set_override(hold_running(running));
+        rig.line.bagger.set_override(hold_running(running));
         let want = if running {
             MachineState::Running
         } else {
@@ -253,7 +247,7 @@ async fn a_long_outage_past_the_outbox_bound_loses_only_telemetry_and_p_status_r
         during.outbox_bytes
     );
 
-    broker.restart().await;
+    rig.broker.restart().await;
     let last = during.outbox_max_seq.unwrap();
     sub.wait("the backlog", Duration::from_secs(60), |m| {
         m.iter()

@@ -6,20 +6,11 @@ mod common;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::line::{hold_running, line, Line, BAGGER, PREFIX};
-use common::{assert_gapless, wait_for, Broker, DaemonProcess, Subscriber};
-use ms5_edge::daemon::{self, Observers};
+use common::line::{hold_running, BAGGER, PREFIX};
+use common::rig::{Rig, RigOptions};
+use common::{assert_gapless, wait_for};
 use ms5_edge::engine::MachineState;
 use ms5_edge::store::ReadOnly;
-use tokio::sync::watch;
-
-fn config_text(line: &Line, data_dir: &std::path::Path, broker: &Broker) -> String {
-    common::line::config_text(line, data_dir, Some(&broker.url()), "")
-}
-
-fn config(line: &Line, data_dir: &std::path::Path, broker: &Broker) -> ms5_edge::config::Config {
-    common::line::config(&config_text(line, data_dir, broker))
-}
 
 fn state_events(events: &[serde_json::Value], equipment: &str) -> Vec<(String, String)> {
     events
@@ -34,48 +25,6 @@ fn state_events(events: &[serde_json::Value], equipment: &str) -> Vec<(String, S
         .collect()
 }
 
-struct InProcess {
-    stop: watch::Sender<bool>,
-    observers: Observers,
-    task: tokio::task::JoinHandle<Result<(), daemon::DaemonError>>,
-}
-
-fn start_daemon(config: ms5_edge::config::Config) -> InProcess {
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(config, rx, observers.clone()));
-    InProcess {
-        stop,
-        observers,
-        task,
-    }
-}
-
-impl InProcess {
-    fn state_of(&self, equipment: &str) -> Option<MachineState> {
-        self.observers
-            .view
-            .borrow()
-            .machines
-            .iter()
-            .find(|m| m.equipment == equipment)
-            .map(|m| m.state)
-    }
-
-    fn last_seq(&self) -> i64 {
-        self.observers.view.borrow().last_seq
-    }
-
-    async fn shutdown(self) {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("daemon shuts down within 10 s")
-            .expect("daemon task")
-            .expect("daemon exits cleanly");
-    }
-}
-
 fn is_rfc3339_millis_utc(s: &str) -> bool {
     // 2026-11-25T06:12:03.120Z
     s.len() == 24
@@ -87,12 +36,12 @@ fn is_rfc3339_millis_utc(s: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn birth_telemetry_and_state_changes_arrive_as_cloudevents_with_consecutive_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let daemon = start_daemon(config(&line, &dir.path().join("data"), &broker));
+    let mut rig = Rig::start(RigOptions {
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    let sub = rig.sub.clone();
 
     // Birth: retained-capable status with the database's stream.
     sub.wait("birth on P/status", Duration::from_secs(15), |m| {
@@ -101,19 +50,11 @@ async fn birth_telemetry_and_state_changes_arrive_as_cloudevents_with_consecutiv
     })
     .await;
     // A real change on the PLC, observed through the daemon.
-    sub.wait("bagger running", Duration::from_secs(15), |m| {
-        m.iter().any(|r| {
-            r.topic == format!("{PREFIX}/{BAGGER}/state") && r.payload["data"]["to"] == "running"
-        })
-    })
-    .await;
-    line.bagger.set_override(hold_running(false));
-    sub.wait("bagger stopped", Duration::from_secs(15), |m| {
-        m.iter().any(|r| {
-            r.topic == format!("{PREFIX}/{BAGGER}/state") && r.payload["data"]["to"] == "stopped"
-        })
-    })
-    .await;
+    rig.wait_state_after("running", 0, Duration::from_secs(15))
+        .await;
+    rig.line.bagger.set_override(hold_running(false));
+    rig.wait_state_after("stopped", 0, Duration::from_secs(15))
+        .await;
     sub.wait(
         "two telemetry messages per machine",
         Duration::from_secs(15),
@@ -209,7 +150,7 @@ async fn birth_telemetry_and_state_changes_arrive_as_cloudevents_with_consecutiv
         telemetry["data"]["values"]["faults"].is_array(),
         "fault words as integers"
     );
-    daemon.shutdown().await;
+    rig.stop_within(Duration::from_secs(10)).await;
     sub.wait(
         "offline status on clean shutdown",
         Duration::from_secs(10),
@@ -223,28 +164,28 @@ async fn birth_telemetry_and_state_changes_arrive_as_cloudevents_with_consecutiv
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_outage_loses_nothing_and_leaves_no_seq_gap() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let daemon = start_daemon(config(&line, &dir.path().join("data"), &broker));
+    let mut rig = Rig::start(RigOptions {
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    let sub = rig.sub.clone();
     sub.wait("bagger running", Duration::from_secs(15), |m| {
         m.iter()
             .any(|r| r.topic == format!("{PREFIX}/{BAGGER}/state"))
     })
     .await;
 
-    broker.stop();
+    rig.broker.stop();
     wait_for(
         "the uplink to notice the outage",
         Duration::from_secs(30),
-        || !daemon.observers.uplink.connected.load(Ordering::Relaxed),
+        || !rig.observers().uplink.connected.load(Ordering::Relaxed),
     )
     .await;
     // States change while the broker is away: stop, run, stop.
     for running in [false, true, false] {
-        line.bagger.set_override(hold_running(running));
+        rig.line.bagger.set_override(hold_running(running));
         let want = if running {
             MachineState::Running
         } else {
@@ -253,13 +194,13 @@ async fn a_broker_outage_loses_nothing_and_leaves_no_seq_gap() {
         wait_for(
             "the daemon to see the change",
             Duration::from_secs(10),
-            || daemon.state_of(BAGGER) == Some(want),
+            || rig.state_of(BAGGER) == Some(want),
         )
         .await;
     }
-    let committed = daemon.last_seq();
+    let committed = rig.last_seq();
     assert!(committed > 0);
-    broker.restart().await;
+    rig.broker.restart().await;
 
     sub.wait("every committed event", Duration::from_secs(60), |m| {
         m.iter()
@@ -281,20 +222,18 @@ async fn a_broker_outage_loses_nothing_and_leaves_no_seq_gap() {
         ],
         "all three changes made during the outage arrive, in order"
     );
-    daemon.shutdown().await;
+    rig.stop_within(Duration::from_secs(10)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn buffered_events_survive_kill_9_of_the_daemon_while_the_broker_is_down() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let mut broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let config_path = dir.path().join("ms5-edge.toml");
-    std::fs::write(&config_path, config_text(&line, &data, &broker)).unwrap();
-    let mut daemon = DaemonProcess::start(&config_path, &dir.path().join("daemon1.log"));
+    let mut rig = Rig::prepare(RigOptions {
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, data) = (rig.sub.clone(), rig.data.clone());
+    let mut daemon = rig.spawn("daemon1.log");
     sub.wait("first events", Duration::from_secs(20), |m| {
         m.iter()
             .any(|r| r.topic == format!("{PREFIX}/{BAGGER}/state"))
@@ -302,8 +241,8 @@ async fn buffered_events_survive_kill_9_of_the_daemon_while_the_broker_is_down()
     .await;
     let stream = sub.events()[0]["stream"].as_str().unwrap().to_string();
 
-    broker.stop();
-    line.bagger.set_override(hold_running(false));
+    rig.broker.stop();
+    rig.line.bagger.set_override(hold_running(false));
     // Wait until the stop is committed to the outbox, then a little more buffering.
     let db = || ReadOnly::open(&data).and_then(|r| r.snapshot());
     wait_for(
@@ -324,8 +263,8 @@ async fn buffered_events_survive_kill_9_of_the_daemon_while_the_broker_is_down()
     assert!(buffered.outbox_depth >= 3);
     let max_buffered = buffered.outbox_max_seq.expect("rows waiting");
 
-    broker.restart().await;
-    let mut daemon = DaemonProcess::start(&config_path, &dir.path().join("daemon2.log"));
+    rig.broker.restart().await;
+    let mut daemon = rig.spawn("daemon2.log");
     sub.wait("the buffered events", Duration::from_secs(60), |m| {
         m.iter()
             .any(|r| r.payload["seq"].as_i64().is_some_and(|s| s >= max_buffered))

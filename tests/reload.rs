@@ -9,23 +9,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::line::{config_text, line, BAGGER, PREFIX};
-use common::{unsafe_kill, wait_for, Broker, DaemonProcess, Received, Subscriber};
+use common::line::{fast_rules, BAGGER, PREFIX};
+use common::rig::{Rig, RigOptions};
+use common::{unsafe_kill, wait_for, DaemonProcess, Received, Subscriber};
 use ms5_edge::sim::Override;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
-
-const LOADER: &str = "BP01.PACK.BAG1.BL";
-
-/// The demo line with fast rules: a stop becomes downtime after 1 s and a high fault raises
-/// its andon after 1 s.
-fn fast_rules(text: &str) -> String {
-    text.replacen("micro_stop_s = 30", "micro_stop_s = 1", 1).replacen(
-        &format!("\n[[equipment]]\ncode = \"{LOADER}\""),
-        &format!("\n[equipment.andon]\nraise_after_s = {{ high = 1 }}\n\n[[equipment]]\ncode = \"{LOADER}\""),
-        1,
-    )
-}
 
 fn events_of(sub: &Subscriber, ty: &str, equipment: &str) -> Vec<Value> {
     sub.events()
@@ -101,20 +90,14 @@ fn status_json(config: &Path) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_file_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(stopped_with_film_break());
-    let text = fast_rules(&config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&broker.url()),
-        "",
-    ));
-    let config = dir.path().join("ms5-edge.toml");
-    std::fs::write(&config, &text).unwrap();
-    let daemon = DaemonProcess::start(&config, &dir.path().join("daemon.log"));
+    let rig = Rig::prepare(RigOptions {
+        bagger: Some(stopped_with_film_break()),
+        config_edit: Some(Box::new(|text, _| fast_rules(&text))),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, text, config) = (&rig.sub, &rig.config_text, &rig.config_path);
+    let daemon = rig.spawn("daemon.log");
     eprintln!("daemon log: {}", daemon.log.display());
 
     sub.wait(
@@ -127,7 +110,7 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
     )
     .await;
     command(
-        broker.port,
+        rig.broker.port,
         &format!("{BAGGER}/job/assign"),
         json!({"request_id":"r1","by":"lead","job_id":"J-1001","target_quantity":5000}),
     )
@@ -138,13 +121,13 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
     })
     .await;
     let downtime_id =
-        events_of(&sub, "ms5.downtime.started", BAGGER)[0]["data"]["downtime_id"].clone();
-    let andon_id = events_of(&sub, "ms5.andon.raised", BAGGER)[0]["data"]["andon_id"].clone();
+        events_of(sub, "ms5.downtime.started", BAGGER)[0]["data"]["downtime_id"].clone();
+    let andon_id = events_of(sub, "ms5.andon.raised", BAGGER)[0]["data"]["andon_id"].clone();
 
     // A valid change: the bagger is polled every 1000 ms instead of 500 ms.
     let slower = text.replacen("poll_interval_ms = 500", "poll_interval_ms = 1000", 1);
-    assert_ne!(slower, text);
-    reload(&daemon, &config, &slower);
+    assert_ne!(&slower, text);
+    reload(&daemon, config, &slower);
     wait_for("the reload to apply", Duration::from_secs(20), || {
         pipelines_started(&daemon) == 2
     })
@@ -177,7 +160,7 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
             "{e}"
         );
     }
-    let status = status_json(&config);
+    let status = status_json(config);
     assert!(
         status.to_string().contains("J-1001"),
         "the job context survives the reload: {status}"
@@ -186,7 +169,7 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
     // An invalid file: logged, old configuration kept, daemon runs on.
     reload(
         &daemon,
-        &config,
+        config,
         &slower.replacen("poll_interval_ms = 1000", "poll_interval_ms = \"fast\"", 1),
     );
     wait_for("the rejected reload", Duration::from_secs(20), || {
@@ -210,7 +193,7 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
 
     // The machine runs again: the downtime and andon opened before the reload close now,
     // with the ids they had.
-    line.bagger.set_override(Override {
+    rig.line.bagger.set_override(Override {
         running: Some(true),
         fault_words: Some([0, 0, 0, 0]),
         ..Override::default()
@@ -220,9 +203,9 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
             && !events_in(msgs, "ms5.andon.resolved", BAGGER).is_empty()
     })
     .await;
-    let ended = &events_of(&sub, "ms5.downtime.ended", BAGGER)[0]["data"];
+    let ended = &events_of(sub, "ms5.downtime.ended", BAGGER)[0]["data"];
     assert_eq!(ended["downtime_id"], downtime_id);
-    let resolved = &events_of(&sub, "ms5.andon.resolved", BAGGER)[0]["data"];
+    let resolved = &events_of(sub, "ms5.andon.resolved", BAGGER)[0]["data"];
     assert_eq!(resolved["andon_id"], andon_id);
     assert_eq!(resolved["resolved_by"], "auto");
     common::assert_gapless(&sub.events());
@@ -230,20 +213,14 @@ async fn open_downtime_andon_and_job_context_survive_a_reload_and_an_invalid_fil
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_that_removes_an_equipment_closes_its_downtime_and_andon_by_reload() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(stopped_with_film_break());
-    let text = fast_rules(&config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&broker.url()),
-        "",
-    ));
-    let config = dir.path().join("ms5-edge.toml");
-    std::fs::write(&config, &text).unwrap();
-    let daemon = DaemonProcess::start(&config, &dir.path().join("daemon.log"));
+    let rig = Rig::prepare(RigOptions {
+        bagger: Some(stopped_with_film_break()),
+        config_edit: Some(Box::new(|text, _| fast_rules(&text))),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, text, config) = (&rig.sub, &rig.config_text, &rig.config_path);
+    let daemon = rig.spawn("daemon.log");
     sub.wait("downtime and andon", Duration::from_secs(30), |msgs| {
         !events_in(msgs, "ms5.downtime.started", BAGGER).is_empty()
             && !events_in(msgs, "ms5.andon.raised", BAGGER).is_empty()
@@ -252,8 +229,8 @@ async fn a_reload_that_removes_an_equipment_closes_its_downtime_and_andon_by_rel
 
     // Rename the bagger: to the daemon, BP01.PACK.BAG1 is removed and BP01.PACK.BAG2 added.
     let renamed = text.replace(&format!("code = \"{BAGGER}\""), "code = \"BP01.PACK.BAG2\"");
-    assert_ne!(renamed, text);
-    reload(&daemon, &config, &renamed);
+    assert_ne!(&renamed, text);
+    reload(&daemon, config, &renamed);
     sub.wait(
         "the removal's closing events",
         Duration::from_secs(30),
@@ -263,9 +240,9 @@ async fn a_reload_that_removes_an_equipment_closes_its_downtime_and_andon_by_rel
         },
     )
     .await;
-    let ended = &events_of(&sub, "ms5.downtime.ended", BAGGER)[0]["data"];
+    let ended = &events_of(sub, "ms5.downtime.ended", BAGGER)[0]["data"];
     assert_eq!(ended["closed_by"], "reload");
-    let resolved = &events_of(&sub, "ms5.andon.resolved", BAGGER)[0]["data"];
+    let resolved = &events_of(sub, "ms5.andon.resolved", BAGGER)[0]["data"];
     assert_eq!(resolved["resolved_by"], "reload");
     assert!(daemon.log_text().contains("reload: equipment removed"));
 }

@@ -4,18 +4,13 @@
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::{Broker, Received, Subscriber};
-use ms5_edge::daemon::{self, Observers};
-use ms5_edge::sim::{self, Machine, Override};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
-use serde_json::{json, Value};
-use tokio::sync::watch;
-
-const PREFIX: &str = "ms5/bp01-demo";
-const BAGGER: &str = "BP01.PACK.BAG1";
+use common::line::{BAGGER, PREFIX};
+use common::rig::{cmd_topic, Rig, RigOptions};
+use common::Received;
+use ms5_edge::sim::Override;
+use serde_json::json;
 
 /// Bit 2 of the bagger's first fault word.
 const E_STOP_WORDS: [u16; 4] = [0x0004, 0, 0, 0];
@@ -27,57 +22,30 @@ fn of_type(m: &[Received], ty: &str) -> Vec<Received> {
         .collect()
 }
 
-fn reply(m: &[Received], request_id: &str) -> Option<Value> {
-    m.iter()
-        .find(|r| r.topic == format!("{PREFIX}/reply") && r.payload["request_id"] == request_id)
-        .map(|r| r.payload.clone())
-}
-
-async fn publisher(port: u16) -> AsyncClient {
-    let mut opts = MqttOptions::new(format!("test-pub-{port}"), "127.0.0.1", port);
-    opts.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(opts, 16);
-    tokio::spawn(async move {
-        loop {
-            if eventloop.poll().await.is_err() {
-                // Broker away: rumqttc reconnects on the next poll; pace the retries.
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    });
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_critical_safety_fault_in_a_commanded_planned_stop_raises_its_andon() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let any = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
-    // Scenario second 10: the bagger runs (its own film break would begin at 60 s, but the
-    // override below takes the coil and the fault words over well before).
-    let bagger = sim::start_at(Machine::Bagger, any, 10_000).await.unwrap();
-    let loader = sim::start(Machine::Loader, any).await.unwrap();
-    // The demo line, with an emergency stop on the bagger: safety, critical, andon.
-    let text = ms5_edge::demo::config_text(
-        bagger.addr().port(),
-        loader.addr().port(),
-        &dir.path().join("data").display().to_string(),
-        Some(&broker.url()),
-    )
-    .replacen(
-        "\n[[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
-        "\n[[equipment.fault]]\nbit = 2\ncode = \"E_STOP\"\ndescription = \"Emergency stop pressed\"\n\
-         category = \"safety\"\nseverity = \"critical\"\nandon = true\n\n\
-         [[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
-        1,
+    let mut rig = Rig::start(RigOptions {
+        // Scenario second 10: the bagger runs (its own film break would begin at 60 s, but the
+        // override below takes the coil and the fault words over well before).
+        bagger_at_ms: Some(10_000),
+        // The demo line, with an emergency stop on the bagger: safety, critical, andon.
+        config_edit: Some(Box::new(|text, _| {
+            text.replacen(
+                "\n[[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
+                "\n[[equipment.fault]]\nbit = 2\ncode = \"E_STOP\"\ndescription = \"Emergency stop pressed\"\n\
+                 category = \"safety\"\nseverity = \"critical\"\nandon = true\n\n\
+                 [[equipment]]\ncode = \"BP01.PACK.BAG1.BL\"",
+                1,
+            )
+        })),
+        ..RigOptions::default()
+    })
+    .await;
+    assert!(
+        rig.config_text.contains("E_STOP"),
+        "the fault was added to the config"
     );
-    assert!(text.contains("E_STOP"), "the fault was added to the config");
-    let config = ms5_edge::config::load_str(&text, "safety.toml")
-        .unwrap()
-        .config;
-    let (stop, rx) = watch::channel(false);
-    let daemon = tokio::spawn(daemon::run(config, rx, Observers::default()));
+    let (sub, bagger) = (rig.sub.clone(), &rig.line.bagger);
 
     sub.wait("the bagger to run", Duration::from_secs(30), |m| {
         of_type(m, "ms5.state.changed")
@@ -86,23 +54,15 @@ async fn a_critical_safety_fault_in_a_commanded_planned_stop_raises_its_andon() 
     })
     .await;
 
-    let client = publisher(broker.port).await;
-    client
-        .publish(
-            format!("{PREFIX}/cmd/{BAGGER}/planned-stop/start"),
-            QoS::AtLeastOnce,
-            false,
-            json!({"request_id":"ps1","by":"lead","reason":"cleaning"}).to_string(),
+    let reply = rig
+        .command_within(
+            BAGGER,
+            "planned-stop/start",
+            json!({"request_id":"ps1","by":"lead","reason":"cleaning"}),
+            Duration::from_secs(15),
         )
-        .await
-        .unwrap();
-    sub.wait(
-        "the planned-stop/start reply",
-        Duration::from_secs(15),
-        |m| reply(m, "ps1").is_some(),
-    )
-    .await;
-    assert_eq!(reply(&sub.snapshot(), "ps1").unwrap()["ok"], true);
+        .await;
+    assert_eq!(reply["ok"], true);
 
     // The machine stops in its planned stop, and the emergency stop is pressed.
     bagger.set_override(Override {
@@ -151,15 +111,11 @@ async fn a_critical_safety_fault_in_a_commanded_planned_stop_raises_its_andon() 
         of_type(&sub.snapshot(), "ms5.andon.resolved")[0].payload["data"]["resolved_by"],
         "auto"
     );
-    client
-        .publish(
-            format!("{PREFIX}/cmd/{BAGGER}/planned-stop/end"),
-            QoS::AtLeastOnce,
-            false,
-            json!({"request_id":"ps2","by":"lead"}).to_string(),
-        )
-        .await
-        .unwrap();
+    rig.publish(
+        &cmd_topic(BAGGER, "planned-stop/end"),
+        json!({"request_id":"ps2","by":"lead"}).to_string(),
+    )
+    .await;
     sub.wait(
         "the planned downtime to end",
         Duration::from_secs(15),
@@ -177,6 +133,5 @@ async fn a_critical_safety_fault_in_a_commanded_planned_stop_raises_its_andon() 
         .unwrap();
     assert_eq!(planned_end.payload["data"]["ended_by"], "lead");
 
-    let _ = stop.send(true);
-    daemon.await.unwrap().unwrap();
+    rig.stop().await;
 }

@@ -10,8 +10,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::line::{config_text, hold_running, line, PREFIX};
-use common::{Broker, DaemonProcess, Subscriber};
+use common::line::{hold_running, PREFIX};
+use common::rig::{Rig, RigOptions};
 
 fn bagger_polls(payload: &serde_json::Value) -> Option<u64> {
     payload["health"]["plcs"]["bagger"]["counters"]["polls"].as_u64()
@@ -19,18 +19,17 @@ fn bagger_polls(payload: &serde_json::Value) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn periodic_status_messages_carry_the_current_poll_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let broker = Broker::start(&dir.path().join("broker")).await;
     let topic = format!("{PREFIX}/status");
-    let sub = Subscriber::start(broker.port, &topic).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let config = dir.path().join("ms5-edge.toml");
-    std::fs::write(&config, config_text(&line, &data, Some(&broker.url()), "")).unwrap();
+    let rig = Rig::prepare(RigOptions {
+        subscribe: Some(topic.clone()),
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    let sub = &rig.sub;
 
     let knob = [("MS5_EDGE_TEST_STATUS_S", "1".to_string())];
-    let mut daemon = DaemonProcess::start_with_env(&config, &dir.path().join("daemon.log"), &knob);
+    let mut daemon = rig.spawn_with_env("daemon.log", &knob);
     // The bagger is polled every 500 ms and never changes its error state, so only a fresh
     // watch value can show more than a handful of polls.
     sub.wait(

@@ -7,69 +7,38 @@ use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use common::line::{config, config_text, hold_running, line, BAGGER, PREFIX};
-use common::{assert_gapless, wait_for, Broker, DaemonProcess, Subscriber};
-use ms5_edge::daemon::{self, Observers};
-use rumqttc::{AsyncClient, MqttOptions, QoS};
+use common::line::{hold_running, BAGGER, PREFIX};
+use common::rig::{bagger_state_in, ClientOptions, Rig, RigOptions};
+use common::{assert_gapless, wait_for, Broker, Subscriber};
+use ms5_edge::daemon::Observers;
+use rumqttc::{AsyncClient, QoS};
 use serde_json::Value;
-use tokio::sync::watch;
 
 /// A plain MQTT 3.1.1 client that may publish up to 4 MiB (the misbehaving HMI).
-async fn publisher(port: u16, id: &str) -> AsyncClient {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-    opts.set_max_packet_size(4 << 20, 4 << 20);
-    opts.set_inflight(1000);
-    let (client, mut eventloop) = AsyncClient::new(opts, 5000);
-    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    client
-}
-
-fn replies(sub: &Subscriber) -> Vec<Value> {
-    sub.snapshot()
-        .into_iter()
-        .filter(|m| m.topic == format!("{PREFIX}/reply"))
-        .map(|m| m.payload)
-        .collect()
-}
-
-async fn wait_reply(sub: &Subscriber, request_id: &str, timeout: Duration) -> Value {
-    sub.wait(&format!("the reply to {request_id}"), timeout, |m| {
-        m.iter()
-            .any(|r| r.topic == format!("{PREFIX}/reply") && r.payload["request_id"] == request_id)
+async fn publisher(rig: &Rig, id: &str) -> AsyncClient {
+    rig.client(ClientOptions {
+        id: id.into(),
+        max_packet: Some(4 << 20),
+        inflight: Some(1000),
+        keep_alive: None,
+        cap: 5000,
+        reconnect: false,
     })
-    .await;
-    replies(sub)
-        .into_iter()
-        .find(|r| r["request_id"] == request_id)
-        .unwrap_or(Value::Null)
-}
-
-async fn wait_state(sub: &Subscriber, to: &str, after: usize) {
-    sub.wait(&format!("bagger {to}"), Duration::from_secs(30), |m| {
-        m.iter()
-            .skip(after)
-            .any(|r| r.topic == format!("{PREFIX}/{BAGGER}/state") && r.payload["data"]["to"] == to)
-    })
-    .await;
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_command_larger_than_max_packet_never_stops_delivery_even_across_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let path = dir.path().join("ms5-edge.toml");
-    std::fs::write(
-        &path,
-        config_text(&line, &dir.path().join("data"), Some(&broker.url()), ""),
-    )
-    .unwrap();
-    let mut daemon = DaemonProcess::start(&path, &dir.path().join("daemon.log"));
-    wait_state(&sub, "running", 0).await;
+    let rig = Rig::prepare(RigOptions {
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, line) = (&rig.sub, &rig.line);
+    let mut daemon = rig.spawn("daemon.log");
+    rig.wait_state("running").await;
 
-    let hmi = publisher(broker.port, "misbehaving-hmi").await;
+    let hmi = publisher(&rig, "misbehaving-hmi").await;
     let huge = format!(
         r#"{{"request_id":"huge","by":"x","note":"{}"}}"#,
         "x".repeat(1536 * 1024)
@@ -90,13 +59,13 @@ async fn a_command_larger_than_max_packet_never_stops_delivery_even_across_a_res
     )
     .await
     .unwrap();
-    let r = wait_reply(&sub, "after-huge", Duration::from_secs(20)).await;
+    let r = rig.wait_reply("after-huge", Duration::from_secs(20)).await;
     assert_eq!(r["ok"], false, "{r}");
 
     // Restart: the broker must not redeliver the huge command to the new connection.
     assert!(daemon.terminate().success());
     let before = sub.snapshot().len();
-    let mut daemon = DaemonProcess::start(&path, &dir.path().join("daemon2.log"));
+    let mut daemon = rig.spawn("daemon2.log");
     sub.wait(
         "the birth after the restart",
         Duration::from_secs(20),
@@ -108,7 +77,8 @@ async fn a_command_larger_than_max_packet_never_stops_delivery_even_across_a_res
     )
     .await;
     line.bagger.set_override(hold_running(false));
-    wait_state(&sub, "stopped", before).await;
+    rig.wait_state_after("stopped", before, Duration::from_secs(30))
+        .await;
     hmi.publish(
         format!("{PREFIX}/cmd/{BAGGER}/andon/ack"),
         QoS::AtLeastOnce,
@@ -117,7 +87,8 @@ async fn a_command_larger_than_max_packet_never_stops_delivery_even_across_a_res
     )
     .await
     .unwrap();
-    wait_reply(&sub, "after-restart", Duration::from_secs(20)).await;
+    rig.wait_reply("after-restart", Duration::from_secs(20))
+        .await;
     let log = daemon.log_text();
     assert!(
         !log.contains("MQTT connection lost"),
@@ -129,24 +100,16 @@ async fn a_command_larger_than_max_packet_never_stops_delivery_even_across_a_res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_2000_junk_commands_costs_no_session_and_no_duplicate() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let cfg = config(&config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&broker.url()),
-        "",
-    ));
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(cfg, rx, observers.clone()));
-    wait_state(&sub, "running", 0).await;
+    let mut rig = Rig::start(RigOptions {
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, line, observers) = (rig.sub.clone(), &rig.line, rig.observers().clone());
+    rig.wait_state("running").await;
     assert_eq!(observers.uplink.connects.load(Ordering::Relaxed), 1);
 
-    let hmi = publisher(broker.port, "flooding-script").await;
+    let hmi = publisher(&rig, "flooding-script").await;
     for n in 0..2000 {
         let body = match n % 4 {
             0 => format!(r#"{{"request_id":"j{n}""#),
@@ -166,7 +129,8 @@ async fn a_flood_of_2000_junk_commands_costs_no_session_and_no_duplicate() {
     // Delivery goes on after the flood: a state change made now arrives.
     let after = sub.snapshot().len();
     line.bagger.set_override(hold_running(false));
-    wait_state(&sub, "stopped", after).await;
+    rig.wait_state_after("stopped", after, Duration::from_secs(30))
+        .await;
     sub.wait("some replies to the flood", Duration::from_secs(20), |m| {
         m.iter()
             .filter(|r| r.topic == format!("{PREFIX}/reply"))
@@ -181,8 +145,7 @@ async fn a_flood_of_2000_junk_commands_costs_no_session_and_no_duplicate() {
     );
     let rejected = observers.uplink.commands_rejected.load(Ordering::Relaxed);
     assert!(rejected >= 1000, "refusals counted: {rejected}");
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    rig.stop().await;
     let (_, _, duplicates) = assert_gapless(&sub.events());
     assert_eq!(duplicates, 0, "no reconnect, so no replayed duplicates");
 }
@@ -198,28 +161,20 @@ async fn a_broker_acl_that_denies_event_topics_keeps_the_rows_until_it_is_fixed(
     let dir = tempfile::tempdir().unwrap();
     let acl_file = dir.path().join("acl");
     std::fs::write(&acl_file, acl(&format!("topic write {PREFIX}/status\n"))).unwrap();
-    let broker = Broker::start_with(
-        &dir.path().join("broker"),
+    let mut rig = Rig::start(RigOptions {
         // mosquitto 2.0.11 disconnects a client whose denied publish it answers while
         // `max_queued_messages` is 0 (the harness default): use a real plant's setting.
-        &format!(
+        broker_extra: format!(
             "acl_file {}\nmax_queued_messages 1000\n",
             acl_file.display()
         ),
-    )
+        dir: Some(dir),
+        bagger: Some(hold_running(true)),
+        mqtt_extra: "username = \"gw\"\nreconnect_max_s = 1\n".into(),
+        ..RigOptions::default()
+    })
     .await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let cfg = config(&config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&broker.url()),
-        "username = \"gw\"\nreconnect_max_s = 1\n",
-    ));
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(cfg, rx, observers.clone()));
+    let (sub, broker, observers) = (rig.sub.clone(), &rig.broker, rig.observers().clone());
     let refused = |o: &Observers| {
         o.uplink
             .refused()
@@ -267,8 +222,7 @@ async fn a_broker_acl_that_denies_event_topics_keeps_the_rows_until_it_is_fixed(
             .any(|r| !r.retain && r.payload["seq"].as_i64().is_some_and(|s| s >= last))
     })
     .await;
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    rig.stop().await;
     let events = sub.events();
     let seqs: BTreeSet<i64> = events.iter().filter_map(|e| e["seq"].as_i64()).collect();
     let max = *seqs.iter().max().unwrap();
@@ -278,30 +232,29 @@ async fn a_broker_acl_that_denies_event_topics_keeps_the_rows_until_it_is_fixed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failover_to_a_second_broker_and_back_keeps_every_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut a = Broker::start(&dir.path().join("a")).await;
-    let b = Broker::start(&dir.path().join("b")).await;
-    let sub_a = Subscriber::start(a.port, &format!("{PREFIX}/#")).await;
+    // Broker b first, in a temp dir of its own; the rig's broker is the primary, a.
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = Broker::start(&dir_b.path().join("b")).await;
     let sub_b = Subscriber::start(b.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let cfg = config(&config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&a.url()),
-        &format!(
+    let mut rig = Rig::start(RigOptions {
+        bagger: Some(hold_running(true)),
+        mqtt_extra: format!(
             "failover_urls = [\"{}\"]\nreturn_to_primary_s = 2\nreconnect_max_s = 1\n",
             b.url()
         ),
-    ));
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(cfg, rx, observers.clone()));
-    wait_state(&sub_a, "running", 0).await;
+        ..RigOptions::default()
+    })
+    .await;
+    let sub_a = rig.sub.clone();
+    rig.wait_state("running").await;
 
-    a.stop();
-    line.bagger.set_override(hold_running(false));
-    wait_state(&sub_b, "stopped", 0).await;
+    rig.broker.stop();
+    rig.line.bagger.set_override(hold_running(false));
+    sub_b
+        .wait("bagger stopped", Duration::from_secs(30), |m| {
+            bagger_state_in(m, "stopped", 0)
+        })
+        .await;
     sub_b
         .wait("P/status naming broker b", Duration::from_secs(10), |m| {
             m.iter().any(|r| {
@@ -312,7 +265,8 @@ async fn failover_to_a_second_broker_and_back_keeps_every_seq() {
         .await;
 
     // The primary returns: the gateway moves back to it by itself.
-    a.restart().await;
+    rig.broker.restart().await;
+    let a = &rig.broker;
     let before = sub_a.snapshot().len();
     sub_a
         .wait(
@@ -327,10 +281,10 @@ async fn failover_to_a_second_broker_and_back_keeps_every_seq() {
             },
         )
         .await;
-    line.bagger.set_override(hold_running(true));
-    wait_state(&sub_a, "running", before).await;
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    rig.line.bagger.set_override(hold_running(true));
+    rig.wait_state_after("running", before, Duration::from_secs(30))
+        .await;
+    rig.stop().await;
 
     let mut all = sub_a.events();
     all.extend(sub_b.events());
@@ -349,27 +303,20 @@ async fn failover_to_a_second_broker_and_back_keeps_every_seq() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_that_returns_is_reconnected_within_reconnect_max_s() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    let cfg = config(&config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&broker.url()),
-        "reconnect_max_s = 2\n",
-    ));
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(cfg, rx, observers.clone()));
+    let mut rig = Rig::start(RigOptions {
+        mqtt_extra: "reconnect_max_s = 2\n".into(),
+        ..RigOptions::default()
+    })
+    .await;
+    let observers = rig.observers().clone();
     wait_for("connected", Duration::from_secs(20), || {
         observers.uplink.connected.load(Ordering::Relaxed)
     })
     .await;
-    broker.stop();
+    rig.broker.stop();
     // An outage long enough for the backoff to reach its cap.
     tokio::time::sleep(Duration::from_secs(8)).await;
-    broker.restart().await;
+    rig.broker.restart().await;
     let back = std::time::Instant::now();
     wait_for("reconnected", Duration::from_secs(10), || {
         observers.uplink.connects.load(Ordering::Relaxed) >= 2
@@ -380,40 +327,31 @@ async fn a_broker_that_returns_is_reconnected_within_reconnect_max_s() {
         took <= Duration::from_millis(2500),
         "reconnected {took:?} after the broker returned (cap 2 s)"
     );
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
-    drop(sub);
+    rig.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_row_larger_than_the_broker_accepts_goes_to_the_ledger_and_blocks_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    // The broker accepts packets up to 600 bytes: state changes fit, telemetry does not.
-    let broker = Broker::start_with(&dir.path().join("broker"), "max_packet_size 600\n").await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let cfg = config(&config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&broker.url()),
-        "",
-    ));
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(cfg, rx, observers.clone()));
-    wait_state(&sub, "running", 0).await;
+    let mut rig = Rig::start(RigOptions {
+        // The broker accepts packets up to 600 bytes: state changes fit, telemetry does not.
+        broker_extra: "max_packet_size 600\n".into(),
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, observers) = (rig.sub.clone(), rig.observers().clone());
+    rig.wait_state("running").await;
     wait_for("too-large rows counted", Duration::from_secs(20), || {
         observers.uplink.too_large.load(Ordering::Relaxed) >= 2
     })
     .await;
     let after = sub.snapshot().len();
-    line.bagger.set_override(hold_running(false));
-    wait_state(&sub, "stopped", after).await;
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    rig.line.bagger.set_override(hold_running(false));
+    rig.wait_state_after("stopped", after, Duration::from_secs(30))
+        .await;
+    rig.stop().await;
     assert_eq!(observers.uplink.connects.load(Ordering::Relaxed), 1);
-    let ro = ms5_edge::store::ReadOnly::open(&dir.path().join("data")).unwrap();
+    let ro = ms5_edge::store::ReadOnly::open(&rig.data).unwrap();
     let snap = ro.snapshot().unwrap();
     let too_large: u64 = snap
         .drops
@@ -440,21 +378,16 @@ async fn a_row_larger_than_the_broker_accepts_goes_to_the_ledger_and_blocks_noth
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_telemetry_made_while_disconnected_is_dropped_not_sent_later() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/#")).await;
-    let line = line().await;
-    line.bagger.set_override(hold_running(true));
-    let text = config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&broker.url()),
-        "reconnect_max_s = 1\n",
-    )
-    .replace("store_and_forward = true", "store_and_forward = false");
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(config(&text), rx, observers.clone()));
+    let mut rig = Rig::start(RigOptions {
+        bagger: Some(hold_running(true)),
+        mqtt_extra: "reconnect_max_s = 1\n".into(),
+        config_edit: Some(Box::new(|text, _| {
+            text.replace("store_and_forward = true", "store_and_forward = false")
+        })),
+        ..RigOptions::default()
+    })
+    .await;
+    let (sub, observers) = (rig.sub.clone(), rig.observers().clone());
     let telemetry = |m: &[common::Received]| {
         m.iter()
             .filter(|r| r.topic == format!("{PREFIX}/{BAGGER}/telemetry"))
@@ -464,7 +397,7 @@ async fn qos0_telemetry_made_while_disconnected_is_dropped_not_sent_later() {
         telemetry(m) >= 2
     })
     .await;
-    broker.stop();
+    rig.broker.stop();
     let down = ms5_edge::clock::Clock::system().now_ms();
     wait_for(
         "telemetry dropped while away",
@@ -472,7 +405,7 @@ async fn qos0_telemetry_made_while_disconnected_is_dropped_not_sent_later() {
         || observers.uplink.live_dropped.load(Ordering::Relaxed) >= 3,
     )
     .await;
-    broker.restart().await;
+    rig.broker.restart().await;
     let up = ms5_edge::clock::Clock::system().now_ms();
     let before = sub.snapshot().len();
     sub.wait("live telemetry again", Duration::from_secs(20), |m| {
@@ -481,8 +414,7 @@ async fn qos0_telemetry_made_while_disconnected_is_dropped_not_sent_later() {
             .any(|r| r.topic == format!("{PREFIX}/{BAGGER}/telemetry"))
     })
     .await;
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    rig.stop().await;
     let stale: Vec<String> = sub
         .snapshot()
         .iter()
@@ -510,23 +442,16 @@ async fn qos0_telemetry_made_while_disconnected_is_dropped_not_sent_later() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_birth_is_published_once_per_connect() {
-    let dir = tempfile::tempdir().unwrap();
-    let broker = Broker::start(&dir.path().join("broker")).await;
-    let sub = Subscriber::start(broker.port, &format!("{PREFIX}/status")).await;
-    let line = line().await;
-    let cfg = config(&config_text(
-        &line,
-        &dir.path().join("data"),
-        Some(&broker.url()),
-        "",
-    ));
-    let (stop, rx) = watch::channel(false);
-    let observers = Observers::default();
-    let task = tokio::spawn(daemon::run(cfg, rx, observers.clone()));
+    let mut rig = Rig::start(RigOptions {
+        subscribe: Some(format!("{PREFIX}/status")),
+        ..RigOptions::default()
+    })
+    .await;
+    let sub = rig.sub.clone();
     sub.wait("the birth", Duration::from_secs(20), |m| !m.is_empty())
         .await;
     // Let the connection settle, then stop: a second identical birth would be here by now.
-    let marker = publisher(broker.port, "marker").await;
+    let marker = publisher(&rig, "marker").await;
     marker
         .publish(
             format!("{PREFIX}/status"),
@@ -540,8 +465,7 @@ async fn the_birth_is_published_once_per_connect() {
         m.iter().any(|r| r.payload["marker"] == 1)
     })
     .await;
-    let _ = stop.send(true);
-    task.await.unwrap().unwrap();
+    rig.stop().await;
     let births: Vec<Value> = sub
         .snapshot()
         .into_iter()

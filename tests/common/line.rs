@@ -8,6 +8,7 @@ use ms5_edge::sim::{self, Machine, Override, SimHandle};
 
 pub const PREFIX: &str = "ms5/bp01-demo";
 pub const BAGGER: &str = "BP01.PACK.BAG1";
+pub const LOADER: &str = "BP01.PACK.BAG1.BL";
 
 /// Both simulators, on free loopback ports.
 pub struct Line {
@@ -52,4 +53,14 @@ pub fn hold_running(running: bool) -> Override {
         running: Some(running),
         ..Override::default()
     }
+}
+
+/// The demo config with fast rules: a stop becomes downtime after 1 s and a high fault raises
+/// its andon after 1 s (on the bagger).
+pub fn fast_rules(text: &str) -> String {
+    text.replacen("micro_stop_s = 30", "micro_stop_s = 1", 1).replacen(
+        &format!("\n[[equipment]]\ncode = \"{LOADER}\""),
+        &format!("\n[equipment.andon]\nraise_after_s = {{ high = 1 }}\n\n[[equipment]]\ncode = \"{LOADER}\""),
+        1,
+    )
 }

@@ -1,11 +1,14 @@
 //! Shared end-to-end harness: free loopback ports, temp dirs, a real mosquitto, an MQTT
 //! subscriber that records everything, and helpers to await conditions (never bare sleeps).
+//! [`rig::Rig`] puts them together with the simulated line, its config and the daemon
+//! (in-process or as a process), the set-up most end-to-end tests share.
 #![allow(dead_code)]
 
 pub mod line;
 pub mod pki;
 pub mod proxy;
 pub mod python;
+pub mod rig;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
