@@ -433,7 +433,10 @@ mod tests {
         .unwrap()
         .config;
         let mut w = Watchdog::new(&config.plcs, None, t0);
-        assert_eq!(w.check(t0 + secs(3600), &Notifier::disabled()), Verdict::NotDue);
+        assert_eq!(
+            w.check(t0 + secs(3600), &Notifier::disabled()),
+            Verdict::NotDue
+        );
         assert_eq!(w.stalled(t0 + secs(3600)).len(), config.plcs.len());
     }
 }

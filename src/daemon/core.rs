@@ -883,4 +883,3 @@ mod tests {
         assert_eq!(engine.memories(), before);
     }
 }
-

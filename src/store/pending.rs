@@ -318,4 +318,84 @@ mod tests {
         assert!(shed(&mut q, 10).is_empty());
         assert_eq!(q.len(), 1);
     }
+
+    fn engine() -> Engine {
+        let text = crate::demo::config_text(1502, 1503, "/tmp/unused", None);
+        let config = crate::config::load_str(&text, "t.toml").unwrap().config;
+        Engine::new(&config, 0)
+    }
+
+    /// A store whose page limit is reached: the next commit fails with `StoreError::Full`.
+    fn full_store(dir: &std::path::Path) -> Store {
+        let pages: u64 = {
+            drop(Store::open(dir).unwrap());
+            let conn = rusqlite::Connection::open(dir.join(super::super::DB_FILE)).unwrap();
+            conn.query_row("PRAGMA page_count", [], |r| r.get::<_, i64>(0))
+                .unwrap() as u64
+        };
+        let limits = super::super::Limits {
+            max_page_count: Some(pages + 4),
+            ..Default::default()
+        };
+        let mut store = Store::open_with(dir, limits).unwrap();
+        for i in 0..100_000 {
+            let events = vec![change(i)];
+            let batch = Batch {
+                events: &events,
+                ..Batch::default()
+            };
+            if let Err(StoreError::Full(_)) = store.commit(&batch) {
+                return store;
+            }
+        }
+        panic!("the page limit was never reached");
+    }
+
+    #[test]
+    fn a_queue_the_database_accepts_is_committed_as_one_batch_and_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut queue = Queue::with(vec![change(1), change(2)]);
+        let done = store.commit_or_queue(
+            &mut queue,
+            &engine(),
+            Bookkeeping {
+                save_memory: true,
+                ..Bookkeeping::default()
+            },
+        );
+        assert!(done.batch);
+        assert_eq!(done.max_seq, Some(2));
+        assert_eq!(
+            done.events.len(),
+            2,
+            "what the batch committed is handed back"
+        );
+        assert!(queue.is_empty() && !queue.is_full());
+    }
+
+    #[test]
+    fn a_queue_the_full_database_refuses_waits_in_order_and_marks_the_disk_full_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = full_store(dir.path());
+        let mut queue = Queue::with((0..40).map(|i| change(1_000_000 + i)).collect());
+        let done = store.commit_or_queue(&mut queue, &engine(), Bookkeeping::default());
+        assert!(!done.batch);
+        assert!(done.events.is_empty());
+        assert!(queue.is_full(), "the disk-full state is entered");
+        let times: Vec<i64> = queue.events().iter().map(|e| e.at_ms()).collect();
+        assert!(!times.is_empty(), "some events still wait");
+        assert!(times.windows(2).all(|w| w[0] < w[1]), "oldest first");
+        assert_eq!(store.health(queue.len()).pending, queue.len());
+    }
+
+    #[test]
+    fn a_backlog_ahead_of_a_command_is_committed_in_chunks_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let mut queue = Queue::with((0..(FULL_CHUNK as i64 * 2 + 1)).map(change).collect());
+        let seq = store.commit_queued(&mut queue, false, 0).unwrap();
+        assert_eq!(seq, Some(FULL_CHUNK as i64 * 2 + 1));
+        assert!(queue.is_empty());
+    }
 }
