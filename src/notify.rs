@@ -40,7 +40,7 @@ const BUDGET_SLACK: Duration = Duration::from_secs(2);
 /// How long a PLC may go without a poll report before it counts as stalled.
 ///
 /// Mirrors the poll loop in [`acquire::run_plc`]: backoff cap + one interval + the cycle
-/// deadline (`max(4 × timeout_ms, 1 s)`), plus [`BUDGET_SLACK`].
+/// deadline (`max(4 × timeout_ms, 1 s)`), plus `BUDGET_SLACK`.
 pub fn report_budget(plc: &Plc) -> Duration {
     let interval = Duration::from_millis(plc.poll_interval_ms);
     let cycle = Duration::from_millis(plc.timeout_ms.saturating_mul(4).max(1000));

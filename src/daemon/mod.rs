@@ -13,7 +13,19 @@
 //! Shutdown (SIGTERM/SIGINT → the `shutdown` watch): PLC tasks stop and drop their senders; the
 //! core commits what it has and exits when the poll channel closes; the uplink waits briefly for
 //! in-flight PUBACKs, publishes `{"state":"offline"}` and disconnects. Every committed event
-//! stays in the outbox until acknowledged, so nothing committed is lost at any step.
+//! stays in the outbox until acknowledged, so nothing committed is lost at any step (each
+//! step is commented in `Pipeline::stop`).
+//!
+//! ## Where things are
+//!
+//! - this file: [`run`], [`run_with_reload`], [`Observers`], the pipeline wiring (database
+//!   open, core thread, uplink, PLC tasks), shutdown and [`DaemonError`].
+//! - `core.rs`: the `Core` of one pipeline: `restore`, `ingest` (poll reports), `tick`,
+//!   `commit` (replies after commit for commands), `health` (`P/status`), the database-file
+//!   watch. The disk-full queue is [`crate::store::pending`]; watchdog gating is
+//!   [`crate::notify::Watchdog`].
+//! - `journal.rs`: one line per committed event for [`DaemonView::recent`].
+//! - `knobs.rs`: the test-only environment knobs.
 //!
 //! ## Reload (SIGHUP, SPEC §1 and §6)
 //!
@@ -21,7 +33,7 @@
 //! new configuration stops the running pipeline exactly as a shutdown does and starts a new one
 //! in the same process. Nothing is lost on the way because the engine's per-equipment memory
 //! (open downtime, andons, context, jobs, counter baselines, unsettled OEE minutes) is committed
-//! with every batch: the new core reads it back with [`Engine::resume_memory`], which — unlike a
+//! with every batch: the new core reads it back with [`Engine::resume_memory`](crate::engine::Engine::resume_memory), which — unlike a
 //! restart — does *not* send the equipment `offline` (the daemon never stopped watching). Events
 //! the old core could not commit (disk full) are handed to the new core, not dropped.
 //!
@@ -267,9 +279,12 @@ struct Pipeline {
     retire: watch::Sender<Vec<String>>,
     /// Resolves when every PLC task has returned.
     plcs_done: tokio::task::JoinHandle<()>,
+    /// The core's OS thread (not a task: it blocks on SQLite); returns the events it could
+    /// not commit, which the next pipeline commits first.
     core: std::thread::JoinHandle<Result<Vec<Event>, DaemonError>>,
     /// Notified when the core thread's loop returns (a stored permit if nobody waits yet).
     core_done: Arc<Notify>,
+    /// `None` without an `[mqtt]` section.
     uplink: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -429,11 +444,19 @@ impl Pipeline {
     /// retirement of `removed` equipment, and exits), then the uplink. Returns the events the
     /// core could not commit, for the next pipeline.
     async fn stop(self, removed: Vec<String>) -> Result<Vec<Event>, DaemonError> {
+        // 1. Tell the core what to retire *before* anything stops: it reads this list when
+        //    its poll channel closes, in its last batch.
         let _ = self.retire.send(removed);
+        // 2. Stop the PLC tasks and the uplink of this pipeline (one watch for both).
         let _ = self.stop.send(true);
+        // 3. Wait for every PLC task to return: each drops its poll sender on the way.
         let _ = self.plcs_done.await;
-        // PLC tasks are gone: the poll channel closes and the core commits its last batch.
+        // 4. The poll channel is now closed: the core commits its last batch (the engine's
+        //    memory included) and returns what it could not commit.
         let core_result = join_core(self.core).await;
+        // 5. The uplink, stopped in step 2, waits briefly for in-flight PUBACKs, publishes
+        //    `{"state":"offline"}` and disconnects; whatever it did not deliver stays in the
+        //    outbox for the next session.
         if let Some(uplink) = self.uplink {
             let _ = uplink.await;
         }
