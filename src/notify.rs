@@ -9,7 +9,8 @@
 //! - `WATCHDOG=1` means "the poll loops are making progress", not "the process is alive". A
 //!   ping that any timer could send would keep a wedged daemon alive forever. The pings are
 //!   therefore sent by the core thread (which also runs the engine and the SQLite writer), and
-//!   only while [`Liveness`] finds that every PLC delivered a poll report recently enough. A
+//!   only while [`Liveness`] finds that every PLC delivered a poll report recently enough
+//!   ([`Watchdog`] does the gating). A
 //!   core thread stuck in a syscall sends nothing; a PLC task that stopped ticking (hung
 //!   driver, dead task, a blocked channel) stops the pings too, and systemd restarts the unit.
 //! - What is *not* a stall: a PLC that is off or unreachable (its task still reports a failed
@@ -39,7 +40,7 @@ const BUDGET_SLACK: Duration = Duration::from_secs(2);
 /// How long a PLC may go without a poll report before it counts as stalled.
 ///
 /// Mirrors the poll loop in [`acquire::run_plc`]: backoff cap + one interval + the cycle
-/// deadline (`max(4 × timeout_ms, 1 s)`), plus [`BUDGET_SLACK`].
+/// deadline (`max(4 × timeout_ms, 1 s)`), plus `BUDGET_SLACK`.
 pub fn report_budget(plc: &Plc) -> Duration {
     let interval = Duration::from_millis(plc.poll_interval_ms);
     let cycle = Duration::from_millis(plc.timeout_ms.saturating_mul(4).max(1000));
@@ -88,6 +89,95 @@ impl Liveness {
             .filter(|(_, (budget, last))| now.saturating_duration_since(*last) > *budget)
             .map(|(name, _)| name.as_str())
             .collect()
+    }
+}
+
+/// What one [`Watchdog::check`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Not yet time to ping (or systemd does not watch this process).
+    NotDue,
+    /// Every PLC made progress: `WATCHDOG=1` was sent.
+    Pinged,
+    /// These PLCs stalled (name order): the ping was withheld.
+    Withheld(Vec<String>),
+}
+
+/// Watchdog gating: pings systemd every [`Notifier::ping_every`], but only while [`Liveness`]
+/// finds every PLC loop making progress (module doc). Owned by the core thread, whose own
+/// reaching [`Watchdog::check`] is its proof of life.
+///
+/// Every method takes the monotonic time as an argument; only [`Watchdog::check`] sends.
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    /// When each PLC last delivered a report, against its [`report_budget`].
+    liveness: Liveness,
+    /// The ping interval; `None` when systemd does not watch us (then nothing is ever sent,
+    /// but [`Watchdog::stalled`] still feeds the `STATUS=` line).
+    every: Option<Duration>,
+    /// The next ping is due at this time (the first one at once).
+    next_ping: Instant,
+    /// The stall last logged, so that one error line is written per change, not per ping.
+    reported: Vec<String>,
+}
+
+impl Watchdog {
+    /// For the PLCs of a configuration; every PLC has its whole budget from `now`.
+    pub fn new<'a>(
+        plcs: impl IntoIterator<Item = &'a Plc>,
+        every: Option<Duration>,
+        now: Instant,
+    ) -> Self {
+        Watchdog {
+            liveness: Liveness::for_plcs(plcs, now),
+            every,
+            next_ping: now,
+            reported: Vec::new(),
+        }
+    }
+
+    /// The ping interval, if systemd watches this process.
+    pub fn every(&self) -> Option<Duration> {
+        self.every
+    }
+
+    /// A report from `plc` was consumed at `now`.
+    pub fn observe(&mut self, plc: &str, now: Instant) {
+        self.liveness.observe(plc, now);
+    }
+
+    /// PLCs whose last report is older than their budget at `now`, in name order.
+    pub fn stalled(&self, now: Instant) -> Vec<&str> {
+        self.liveness.stalled(now)
+    }
+
+    /// When a ping is due at `now`: sends it through `notifier` if no PLC stalled, else
+    /// withholds it. Logs a stall once when it begins or changes, and its end once.
+    pub fn check(&mut self, now: Instant, notifier: &Notifier) -> Verdict {
+        let Some(every) = self.every else {
+            return Verdict::NotDue;
+        };
+        if now < self.next_ping {
+            return Verdict::NotDue;
+        }
+        // Half a period: the core wakes at least every `every`, so pings are never more than
+        // one period apart (a full period here let one wake-up in two miss).
+        self.next_ping = now + every / 2;
+        let stalled = self.liveness.stalled(now);
+        if stalled.is_empty() {
+            notifier.watchdog();
+            if !self.reported.is_empty() {
+                tracing::info!("every PLC task is making progress again");
+                self.reported.clear();
+            }
+            return Verdict::Pinged;
+        }
+        let stalled: Vec<String> = stalled.into_iter().map(str::to_string).collect();
+        if self.reported != stalled {
+            tracing::error!(plcs = %stalled.join(", "), "PLC poll loop stalled: withholding the systemd watchdog ping");
+            self.reported = stalled.clone();
+        }
+        Verdict::Withheld(stalled)
     }
 }
 
@@ -297,5 +387,61 @@ mod tests {
             status_line(0, 1, None, None, &[]),
             "0/1 PLCs online, no broker configured"
         );
+    }
+
+    #[test]
+    fn the_watchdog_pings_at_once_then_at_least_every_interval_while_every_plc_reports() {
+        let t0 = Instant::now();
+        let mut w = Watchdog {
+            liveness: Liveness::new([("a".to_string(), secs(5))], t0),
+            every: Some(secs(2)),
+            next_ping: t0,
+            reported: Vec::new(),
+        };
+        let off = Notifier::disabled();
+        assert_eq!(w.check(t0, &off), Verdict::Pinged);
+        assert_eq!(w.check(t0 + Duration::from_millis(500), &off), Verdict::NotDue);
+        // Due again half a period later, so a wake-up a little late never makes a gap of two.
+        assert_eq!(w.check(t0 + secs(1), &off), Verdict::Pinged);
+        assert_eq!(w.check(t0 + Duration::from_millis(1500), &off), Verdict::NotDue);
+        w.observe("a", t0 + secs(1));
+        assert_eq!(w.check(t0 + secs(2), &off), Verdict::Pinged);
+    }
+
+    #[test]
+    fn the_watchdog_withholds_its_ping_while_a_plc_is_stalled_and_resumes_after_progress() {
+        let t0 = Instant::now();
+        let mut w = Watchdog {
+            liveness: Liveness::new([("a".to_string(), secs(1)), ("b".to_string(), secs(9))], t0),
+            every: Some(secs(1)),
+            next_ping: t0,
+            reported: Vec::new(),
+        };
+        let off = Notifier::disabled();
+        assert_eq!(
+            w.check(t0 + secs(2), &off),
+            Verdict::Withheld(vec!["a".to_string()])
+        );
+        assert_eq!(w.reported, vec!["a".to_string()], "logged once");
+        w.observe("a", t0 + secs(3));
+        assert_eq!(w.check(t0 + secs(3), &off), Verdict::Pinged);
+        assert!(w.reported.is_empty());
+    }
+
+    #[test]
+    fn a_watchdog_systemd_does_not_ask_for_never_pings_but_still_sees_stalls() {
+        let t0 = Instant::now();
+        let config = crate::config::load_str(
+            &crate::demo::config_text(1502, 1503, "/tmp/x", None),
+            "t.toml",
+        )
+        .unwrap()
+        .config;
+        let mut w = Watchdog::new(&config.plcs, None, t0);
+        assert_eq!(
+            w.check(t0 + secs(3600), &Notifier::disabled()),
+            Verdict::NotDue
+        );
+        assert_eq!(w.stalled(t0 + secs(3600)).len(), config.plcs.len());
     }
 }

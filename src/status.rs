@@ -25,7 +25,7 @@ pub fn read(config: &Config) -> Result<StatusReport, StoreError> {
     let mut report = render(config, &snap, now);
     // The engine's view per equipment: open downtime, andons, context, shift OEE.
     for e in &config.equipment {
-        let (memory, minutes) = db.engine_state(&e.code, now - 50 * 3_600_000)?;
+        let (memory, minutes) = db.engine_state(&e.code, now - crate::engine::BUCKET_HORIZON_MS)?;
         let summary = crate::engine::summary(config, &e.code, memory, minutes, now);
         report.text.push_str(&render_summary(&e.code, &summary));
         if let Some(obj) = report.json["equipment"][e.code.as_str()].as_object_mut() {

@@ -38,7 +38,7 @@ const CLEAR_AFTER_MS: i64 = 60_000;
 const QUALITY_MIN_UNITS: u64 = 20;
 const RECENT_DOWNTIMES: usize = 64;
 /// Minute buckets kept in memory: the longest shift plus the one before it.
-const BUCKET_HORIZON_MS: i64 = 50 * 3_600_000;
+pub const BUCKET_HORIZON_MS: i64 = 50 * 3_600_000;
 /// How long a planned stop started by command lasts at most unless told otherwise
 /// (`[commands] max_planned_stop_min`, SPEC §7): 120 min.
 pub const DEFAULT_MAX_PLANNED_STOP_MS: i64 = 120 * 60_000;

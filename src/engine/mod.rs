@@ -33,6 +33,7 @@ use crate::acquire::EquipmentSample;
 use crate::config::Config;
 
 pub use event::{DropClass, Event, Message};
+pub use machine::BUCKET_HORIZON_MS;
 pub use state::MachineState;
 
 use calendar::Calendar;

@@ -36,7 +36,8 @@
 //!
 //! ## Bounds
 //! - `max_outbox_mb` with the SPEC §5 drop order, and the drop ledger: [`bounds`].
-//! - The disk-full memory queue: [`pending`]. Retention: [`retention`].
+//! - The disk-full memory queue and its chunked retry ([`Store::commit_or_queue`]): [`pending`].
+//!   Retention: [`retention`].
 //!
 //! ## Test knobs
 //! Two environment variables exist for the end-to-end tests only, because SPEC's units are too

@@ -602,6 +602,11 @@ pub fn reply(request_id: &Value, error: &str) -> String {
     serde_json::json!({ "request_id": request_id, "ok": false, "error": error }).to_string()
 }
 
+/// The `P/reply` payload for a command applied and committed (SPEC §7 "Replies after commit").
+pub fn reply_ok(request_id: &Value) -> String {
+    serde_json::json!({ "request_id": request_id, "ok": true }).to_string()
+}
+
 /// How long one token of an equipment's bucket takes to come back (for tests and docs).
 pub fn refill_interval() -> Duration {
     Duration::from_secs_f64(1.0 / PER_SECOND)
