@@ -46,9 +46,13 @@ async fn the_simulated_line_yields_downtime_andons_commands_and_a_consistent_shi
 
     // Bagger: FILM_BREAK downtime with a fast andon that escalates twice, then auto-resolves.
     sub.wait(
-        "the bagger's film-break downtime to end",
+        "the bagger's film-break downtime to end and its andon to resolve",
         Duration::from_secs(90),
-        |m| !in_messages(m, "ms5.downtime.ended", BAGGER).is_empty(),
+        // Both come from the same tick, downtime first: wait for the second as well.
+        |m| {
+            !in_messages(m, "ms5.downtime.ended", BAGGER).is_empty()
+                && !in_messages(m, "ms5.andon.resolved", BAGGER).is_empty()
+        },
     )
     .await;
     let started = events_of(&sub, "ms5.downtime.started", BAGGER);
