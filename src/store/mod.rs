@@ -270,6 +270,10 @@ pub struct Store {
     /// (device, inode) of the file at [`Store::path`] once it was opened and checked; `None`
     /// when it could not be read (then [`Store::check_file`] only notices a deletion).
     file_id: Option<(u64, u64)>,
+    /// Where committed outbox rows are handed to the uplink, so it need not read back what was
+    /// just written. Best effort: a full channel (or a commit that dropped rows for the bound)
+    /// leaves a `seq` gap the uplink notices, and it then reads SQLite as before.
+    handoff: Option<tokio::sync::mpsc::Sender<outbox::OutboxRow>>,
 }
 
 /// (device, inode, link count) of the file at `path`, following symlinks.
@@ -478,6 +482,7 @@ impl Store {
             memory_failing: Default::default(),
             memory_errors: 0,
             file_id,
+            handoff: None,
         })
     }
 
@@ -500,6 +505,11 @@ impl Store {
                 _ => Ok(()),
             },
         }
+    }
+
+    /// Hands every row committed from now on to `tx` (the uplink's fast path; see the field).
+    pub fn set_handoff(&mut self, tx: tokio::sync::mpsc::Sender<outbox::OutboxRow>) {
+        self.handoff = Some(tx);
     }
 
     /// The stream id of this database (SPEC §4).
@@ -533,18 +543,21 @@ impl Store {
     /// losses noted since the last successful commit are recorded too.
     pub fn commit(&mut self, batch: &Batch<'_>) -> Result<Vec<i64>, StoreError> {
         let tx = self.conn.transaction()?;
-        let mut seqs = Vec::new();
+        let mut rows = Vec::new();
         let mut inserted = 0u64;
         for event in batch.events {
-            write_domain_rows(&tx, event)?;
-            // Events without a wire form (OEE minutes) are domain rows only.
-            let publishable = event.message().is_some();
-            if publishable
-                && (batch.telemetry_to_outbox || !matches!(event, Event::Telemetry { .. }))
-            {
-                let (seq, bytes) = outbox::insert(&tx, event, batch.heartbeat_ms)?;
-                seqs.push(seq);
-                inserted += bytes;
+            // The wire form and its JSON text are built once, for the samples row and the
+            // outbox row alike. Events without one (OEE minutes) are domain rows only.
+            let message = event.message();
+            let data = message.as_ref().map(|m| m.data.to_string());
+            write_domain_rows(&tx, event, data.as_deref())?;
+            if let (Some(message), Some(data)) = (message, data) {
+                if batch.telemetry_to_outbox || !matches!(event, Event::Telemetry { .. }) {
+                    let (row, bytes) =
+                        outbox::insert(&tx, event, &message, data, batch.heartbeat_ms)?;
+                    rows.push(row);
+                    inserted += bytes;
+                }
             }
         }
         {
@@ -614,8 +627,18 @@ impl Store {
             return Err(e.into());
         }
 
-        // Committed: now the in-memory view may follow.
+        // Committed: now the in-memory view may follow, and the uplink may have the rows.
         self.outbox_estimate = estimate;
+        let seqs = rows.iter().map(|r| r.seq).collect();
+        if let Some(handoff) = &self.handoff {
+            if dropped.is_empty() {
+                for row in rows {
+                    if handoff.try_send(row).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
         if episode == Some(self.next_episode) {
             self.next_episode += 1;
         }
@@ -770,7 +793,12 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn write_domain_rows(tx: &rusqlite::Transaction<'_>, event: &Event) -> Result<(), StoreError> {
+/// `data`: the event's wire data as JSON text, when it has one (telemetry's is the sample).
+fn write_domain_rows(
+    tx: &rusqlite::Transaction<'_>,
+    event: &Event,
+    data: Option<&str>,
+) -> Result<(), StoreError> {
     match event {
         Event::StateChanged {
             equipment,
@@ -793,16 +821,12 @@ fn write_domain_rows(tx: &rusqlite::Transaction<'_>, event: &Event) -> Result<()
             .execute(params![equipment, to.as_str(), at_ms])?;
         }
         Event::Telemetry {
-            equipment,
-            at_ms,
-            values,
-            quality,
+            equipment, at_ms, ..
         } => {
-            let data = serde_json::json!({ "values": values, "quality": quality });
             tx.prepare_cached(
                 "INSERT INTO samples (equipment, time_ms, data) VALUES (?1, ?2, ?3)",
             )?
-            .execute(params![equipment, at_ms, data.to_string()])?;
+            .execute(params![equipment, at_ms, data.unwrap_or("{}")])?;
         }
         other => domain::write(tx, other)?,
     }

@@ -87,29 +87,51 @@ pub fn estimate_bytes(topic: &str, data: &str) -> usize {
     topic.len() + data.len() + 260
 }
 
-/// Appends an event to the outbox inside the caller's transaction; returns its `seq` and the
-/// bytes it counts for `max_outbox_mb`.
-pub fn insert(tx: &Transaction<'_>, event: &Event, now_ms: i64) -> Result<(i64, u64), StoreError> {
-    let (kind, event_type, topic, data, retain) = describe(event);
-    let data = data.to_string();
-    let bytes = estimate_bytes(&topic, &data) as i64;
+/// Appends an event to the outbox inside the caller's transaction; returns the row as written
+/// (so the uplink can be handed it without reading it back) and the bytes it counts for
+/// `max_outbox_mb`. `data` is the event's data as JSON text, built once by the caller.
+pub fn insert(
+    tx: &Transaction<'_>,
+    event: &Event,
+    message: &crate::engine::Message,
+    data: String,
+    now_ms: i64,
+) -> Result<(OutboxRow, u64), StoreError> {
+    let kind = match message.class {
+        crate::engine::DropClass::Telemetry => Kind::Telemetry,
+        crate::engine::DropClass::OeeSnapshot => Kind::OeeSnapshot,
+        crate::engine::DropClass::Event => Kind::Event,
+    };
+    let bytes = estimate_bytes(&message.topic, &data) as i64;
+    let id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
         "INSERT INTO outbox (id, kind, type, topic, equipment, time_ms, data, retain, bytes, created_ms)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
     )?
     .execute(params![
-        uuid::Uuid::now_v7().to_string(),
+        id,
         kind as i64,
-        event_type,
-        topic,
+        message.event_type,
+        message.topic,
         event.equipment(),
         event.at_ms(),
         data,
-        retain,
+        message.retain,
         bytes,
         now_ms,
     ])?;
-    Ok((tx.last_insert_rowid(), bytes as u64))
+    let row = OutboxRow {
+        seq: tx.last_insert_rowid(),
+        id,
+        kind: kind as i64,
+        event_type: message.event_type.to_string(),
+        topic: message.topic.clone(),
+        equipment: Some(event.equipment().to_string()),
+        time_ms: event.at_ms(),
+        data,
+        retain: message.retain,
+    };
+    Ok((row, bytes as u64))
 }
 
 /// The uplink's own connection: reads unsent rows in `seq` order, deletes acknowledged ones.
