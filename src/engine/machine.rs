@@ -27,10 +27,10 @@ use super::context::Context;
 use super::counter::Counter;
 use super::event::{AndonCause, AndonRecord, DowntimeRecord, Event, JobEvent, Reason};
 use super::oee::{figures, minute_of, Buckets, TimeClass};
-use super::state::{active_bits, MachineState};
-use crate::acquire::{EquipmentSample, Quality};
+use super::state::MachineState;
 use crate::clock::rfc3339_ms;
-use crate::config::{DataType, Equipment, Fault, FaultCategory, Severity};
+use crate::config::{Equipment, Fault, FaultCategory, Severity};
+use crate::sample::{EngineSignals, SignalLayout};
 
 const QUALITY_WINDOW_MS: i64 = 15 * 60_000;
 const RATE_WINDOW_MS: i64 = 60_000;
@@ -53,9 +53,8 @@ pub struct Rules {
     pub micro_stop_ms: i64,
     pub criticality: u8,
     pub faults: Vec<Fault>,
-    pub fault_word_width: u32,
-    pub good_max: u64,
-    pub reject_max: u64,
+    /// How this equipment's engine signals are read (fault word width, counter wrap points).
+    pub layout: SignalLayout,
     pub has_speed_signal: bool,
     pub raise_after_ms: [i64; 4],
     pub escalate_after_ms: Vec<i64>,
@@ -67,19 +66,6 @@ pub struct Rules {
     /// Not part of `[[equipment]]`: the engine sets it for every machine
     /// ([`super::Engine::set_max_planned_stop_ms`]).
     pub max_planned_stop_ms: i64,
-}
-
-fn type_max(t: DataType) -> u64 {
-    match t {
-        DataType::Bool => 1,
-        DataType::I8 => i8::MAX as u64,
-        DataType::U16 => u16::MAX as u64,
-        DataType::I16 => i16::MAX as u64,
-        DataType::U32 => u32::MAX as u64,
-        DataType::I32 => i32::MAX as u64,
-        DataType::U64 | DataType::F32 | DataType::F64 => u64::MAX,
-        DataType::I64 => i64::MAX as u64,
-    }
 }
 
 impl Rules {
@@ -94,19 +80,7 @@ impl Rules {
             micro_stop_ms: e.micro_stop_s as i64 * 1000,
             criticality: e.criticality,
             faults: e.faults.clone(),
-            fault_word_width: e
-                .signals
-                .faults
-                .as_ref()
-                .map(|s| u32::from(s.data_type.registers()) * 16)
-                .unwrap_or(16),
-            good_max: type_max(e.signals.good_count.data_type),
-            reject_max: e
-                .signals
-                .reject_count
-                .as_ref()
-                .map(|s| type_max(s.data_type))
-                .unwrap_or(u64::MAX),
+            layout: SignalLayout::of(&e.signals),
             has_speed_signal: e.signals.speed.is_some(),
             raise_after_ms: a.raise_after_s.map(|s| s as i64 * 1000),
             escalate_after_ms: a
@@ -375,11 +349,11 @@ impl Machine {
 
     // ---------------------------------------------------------------- inputs
 
-    /// A successful poll's sample at tick time `t`.
+    /// A successful poll's sample at tick time `t`, its engine signals typed.
     pub fn on_sample(
         &mut self,
         t: i64,
-        sample: &EquipmentSample,
+        signals: &EngineSignals,
         cal: &Calendar,
         telemetry_interval_ms: i64,
     ) -> Vec<Event> {
@@ -390,22 +364,15 @@ impl Machine {
         self.advance(t, cal);
         self.mem.first_sample_ms.get_or_insert(t);
 
-        let good_reading = |name: &str| {
-            sample
-                .signals
-                .get(name)
-                .filter(|r| r.quality == Quality::Good)
-                .and_then(|r| r.value.as_ref())
-        };
-        let running = good_reading("running").and_then(|v| v.as_bool());
+        let running = signals.running;
         self.mem.last_running = running;
 
         // Fault bits: remember when each configured bit became active (first-out).
-        let words = good_reading("faults")
-            .map(|v| v.as_words())
-            .unwrap_or_default();
-        let active: Vec<u32> = active_bits(&words, self.rules.fault_word_width)
-            .into_iter()
+        let active: Vec<u32> = signals
+            .faults
+            .iter()
+            .flatten()
+            .copied()
             .filter(|b| self.rules.faults.is_empty() || self.rules.fault(*b).is_some())
             .collect();
         self.mem.fault_since.retain(|b, _| active.contains(b));
@@ -414,15 +381,13 @@ impl Machine {
         }
 
         // Counters.
-        let good_max = self.rules.good_max;
-        let reject_max = self.rules.reject_max;
-        let dg = good_reading("good_count")
-            .and_then(|v| v.as_u64())
-            .map(|v| self.mem.good.delta(v, good_max))
+        let dg = signals
+            .good_count
+            .map(|c| self.mem.good.delta(c.value, c.max))
             .unwrap_or(0);
-        let dr = good_reading("reject_count")
-            .and_then(|v| v.as_u64())
-            .map(|v| self.mem.reject.delta(v, reject_max))
+        let dr = signals
+            .reject_count
+            .map(|c| self.mem.reject.delta(c.value, c.max))
             .unwrap_or(0);
         self.buckets.add_counts(produced_at, dg, dr, cal);
         if dg + dr > 0 {
@@ -482,8 +447,7 @@ impl Machine {
         ev.extend(self.first_out(t));
 
         // Andon conditions that are judged on samples.
-        let speed = good_reading("speed").and_then(|v| v.as_f64());
-        ev.extend(self.sample_andons(t, running, speed));
+        ev.extend(self.sample_andons(t, running, signals.speed));
         ev.extend(self.time_rules(t, cal));
 
         if self.telemetry_due(t, telemetry_interval_ms) {
@@ -491,13 +455,13 @@ impl Machine {
             ev.push(Event::Telemetry {
                 equipment: self.code(),
                 at_ms: t,
-                values: sample
-                    .signals
+                values: signals
+                    .telemetry
                     .iter()
                     .map(|(n, r)| (n.clone(), r.value.clone()))
                     .collect(),
-                quality: sample
-                    .signals
+                quality: signals
+                    .telemetry
                     .iter()
                     .map(|(n, r)| (n.clone(), r.quality))
                     .collect(),

@@ -1,8 +1,8 @@
 //! Engine rules, driven sample by sample with time passed in.
 
 use super::*;
-use crate::acquire::{EquipmentSample, Quality, SignalReading, Value};
 use crate::config::*;
+use crate::sample::{EquipmentSample, Quality, SignalReading, Value};
 
 fn signal(address: ModbusAddress, data_type: DataType, count: u16) -> Signal {
     Signal {
