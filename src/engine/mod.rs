@@ -349,4 +349,6 @@ pub fn summary(
 }
 
 #[cfg(test)]
+mod testkit;
+#[cfg(test)]
 mod tests;

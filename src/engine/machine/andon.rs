@@ -326,3 +326,263 @@ impl Machine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testkit::*;
+
+    #[test]
+    fn a_high_fault_raises_an_andon_after_its_delay_which_escalates_until_acknowledged() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.run(400, false, [1, 0]);
+        let raised = d.named("andon.raised");
+        assert_eq!(raised.len(), 1);
+        assert_eq!(
+            raised[0].0,
+            ts("2026-11-25T07:01:10Z"),
+            "raise_after_s.high = 60"
+        );
+        assert_eq!(raised[0].1["priority"], "high");
+        assert_eq!(raised[0].1["level"], 1);
+        assert_eq!(raised[0].1["cause"], "fault");
+        assert_eq!(raised[0].1["reason_code"], "FILM_BREAK");
+        assert!(raised[0].1["downtime_id"].is_string());
+        let escalated = d.named("andon.escalated");
+        assert_eq!(escalated.len(), 1);
+        assert_eq!(escalated[0].0, ts("2026-11-25T07:06:10Z"));
+        assert_eq!(escalated[0].1["level"], 2);
+        let id = raised[0].1["andon_id"].as_str().unwrap().to_string();
+        d.command(
+            "BAG1/andon/ack",
+            json!({"request_id":"r","by":"lead","andon_id": id}),
+        )
+        .unwrap();
+        d.run(900, false, [1, 0]);
+        assert_eq!(
+            d.named("andon.escalated").len(),
+            1,
+            "an acknowledged andon does not escalate"
+        );
+        d.run(5, true, [0, 0]);
+        let resolved = d.named("andon.resolved");
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].1["resolved_by"], "auto");
+    }
+
+    #[test]
+    fn a_critical_fault_raises_its_andon_at_once_before_the_stop_is_downtime() {
+        let mut c = line_config();
+        c.equipment[0].faults[0].severity = Severity::Critical;
+        let mut d = Drive::new(&c, "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.run(1, false, [1, 0]);
+        let raised = d.named("andon.raised");
+        assert_eq!(raised.len(), 1);
+        assert_eq!(raised[0].0, ts("2026-11-25T07:00:10Z"));
+        assert!(raised[0].1["downtime_id"].is_null(), "not downtime yet");
+        assert_eq!(raised[0].1["priority"], "critical");
+    }
+
+    #[test]
+    fn criticality_five_raises_the_priority_one_level() {
+        let mut c = line_config();
+        c.equipment[0].criticality = 5;
+        let mut d = Drive::new(&c, "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.run(400, false, [0, 2]);
+        assert_eq!(
+            d.named("andon.raised")[0].1["priority"],
+            "high",
+            "medium JAM → high"
+        );
+    }
+
+    #[test]
+    fn a_fault_without_andon_never_raises_one() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.run(900, false, [8, 0]);
+        assert!(d.named("andon.raised").is_empty());
+    }
+
+    #[test]
+    fn there_is_at_most_one_open_andon_per_cause() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.run(100, false, [1, 0]);
+        d.run(1, false, [0, 0]);
+        d.run(100, false, [1, 0]);
+        assert_eq!(d.named("andon.raised").len(), 1);
+    }
+
+    #[test]
+    fn a_high_reject_rate_raises_a_quality_andon_that_clears_after_a_minute_of_good_quality() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.reject_every = 5; // 0.2 rejects per 2 good: 9 % > 5 %
+        d.run(60, true, [0, 0]);
+        let raised = d.named("andon.raised");
+        assert_eq!(raised.len(), 1);
+        assert_eq!(raised[0].1["cause"], "quality");
+        assert_eq!(raised[0].1["priority"], "high");
+        // Good quality again: the 15-minute rate falls under 5 % once enough good units dilute it.
+        d.reject_every = 1_000_000;
+        d.run(1800, true, [0, 0]);
+        let resolved = d.named("andon.resolved");
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].1["resolved_by"], "auto");
+    }
+
+    #[test]
+    fn the_quality_rule_needs_twenty_units() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.per_second = 0;
+        d.reject_every = 1;
+        d.run(19, true, [0, 0]);
+        assert!(d.named("andon.raised").is_empty());
+    }
+
+    #[test]
+    fn running_slowly_for_speed_after_s_raises_a_medium_speed_andon() {
+        let mut c = line_config();
+        c.equipment[0].signals.speed = None; // speed from counts over 60 s
+        let mut d = Drive::new(&c, "2026-11-25T07:00:00Z");
+        d.per_second = 1; // 60/min < 0.8 × 150
+        d.run(400, true, [0, 0]);
+        let raised = d.named("andon.raised");
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(raised[0].1["cause"], "speed");
+        assert_eq!(raised[0].1["priority"], "medium");
+        d.per_second = 3;
+        d.run(200, true, [0, 0]);
+        assert_eq!(d.named("andon.resolved").len(), 1);
+    }
+
+    #[test]
+    fn a_critical_fault_during_a_calendar_planned_stop_raises_its_andon_at_raise_after_s_critical()
+    {
+        let mut d = Drive::new(&safety_config(), "2026-11-25T09:59:00Z");
+        d.run(60, true, NONE);
+        d.run(30, false, NONE); // the break from 10:00
+        d.run(600, false, OVERTEMP); // from 10:00:30
+        let started = d.named("downtime.started");
+        assert_eq!(started.len(), 1);
+        assert_eq!(started[0].1["planned"], true);
+        let raised = d.named("andon.raised");
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(
+            raised[0].0,
+            ts("2026-11-25T10:00:35Z"),
+            "5 s after the fault appeared in the stop"
+        );
+        assert_eq!(raised[0].1["priority"], "critical");
+        assert_eq!(raised[0].1["reason_code"], "OVERTEMP");
+        assert_eq!(raised[0].1["level"], 1);
+        assert_eq!(
+            raised[0].1["downtime_id"], started[0].1["downtime_id"],
+            "it names the planned downtime it happened in"
+        );
+        let escalated = d.named("andon.escalated");
+        assert_eq!(
+            escalated[0].0,
+            ts("2026-11-25T10:05:35Z"),
+            "escalate_after_s[0] = 300"
+        );
+        assert!(
+            d.named("downtime.ended").is_empty(),
+            "the planned stop stays a planned stop"
+        );
+        assert_eq!(
+            d.engine.machine("BAG1").unwrap().mem.state,
+            MachineState::PlannedStop
+        );
+    }
+
+    #[test]
+    fn a_safety_category_low_severity_fault_during_a_changeover_raises_its_andon() {
+        let mut d = Drive::new(&safety_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, NONE);
+        d.command(
+            "BAG1/changeover/start",
+            json!({"request_id":"r","by":"lead","product_type_id":"BAG-2KG"}),
+        )
+        .unwrap();
+        d.run(700, false, GUARD_OPEN);
+        let raised = d.named("andon.raised");
+        assert_eq!(raised.len(), 1, "{raised:?}");
+        assert_eq!(
+            raised[0].0,
+            ts("2026-11-25T07:10:10Z"),
+            "raise_after_s.low = 600 from the changeover start"
+        );
+        assert_eq!(raised[0].1["priority"], "low");
+        assert_eq!(raised[0].1["reason_code"], "GUARD_OPEN");
+        assert_eq!(d.named("downtime.started")[0].1["category"], "changeover");
+    }
+
+    #[test]
+    fn a_high_fault_that_is_not_safety_raises_nothing_during_a_planned_stop() {
+        let mut d = Drive::new(&safety_config(), "2026-11-25T09:59:00Z");
+        d.run(60, true, NONE);
+        d.run(1190, false, FILM_BREAK); // the whole break, and 30 s of the first FILM_BREAK
+        assert!(d.named("andon.raised").is_empty());
+        // Nor during a commanded one, nor during a changeover.
+        let mut d = Drive::new(&safety_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, NONE);
+        start_planned_stop(&mut d);
+        d.run(900, false, FILM_BREAK);
+        d.command(
+            "BAG1/planned-stop/end",
+            json!({"request_id":"r","by":"lead"}),
+        )
+        .unwrap();
+        d.run(10, true, NONE);
+        d.command(
+            "BAG1/changeover/start",
+            json!({"request_id":"r","by":"lead"}),
+        )
+        .unwrap();
+        d.run(900, false, FILM_BREAK);
+        assert!(d.named("andon.raised").is_empty());
+    }
+
+    /// 09:59–10:00 running, the break stopped (with `faults` shown from 10:00:30 until 10:19:50),
+    /// then running until 10:30; the shift figures at 10:30.
+    fn break_with(faults: [u64; 2]) -> (Drive, serde_json::Value) {
+        let mut d = Drive::new(&safety_config(), "2026-11-25T09:59:00Z");
+        d.run(60, true, NONE);
+        d.run(30, false, NONE);
+        d.run(1160, false, faults);
+        d.run(10, false, NONE);
+        d.run(600, true, NONE);
+        d.finish(true);
+        let figures = d
+            .engine
+            .current_oee(d.t)
+            .into_iter()
+            .find_map(|(code, f)| (code == "BAG1").then_some(f).flatten())
+            .expect("shift A figures");
+        (d, figures)
+    }
+
+    #[test]
+    fn planned_stop_time_with_a_safety_andon_is_still_planned_downtime() {
+        let (with, figures) = break_with(OVERTEMP);
+        assert_eq!(with.named("andon.raised").len(), 1);
+        let (without, plain) = break_with(NONE);
+        assert!(without.named("andon.raised").is_empty());
+        assert_eq!(figures["planned_downtime_s"], 1200.0, "{figures}");
+        assert_eq!(figures["unplanned_downtime_s"], 0.0, "{figures}");
+        assert_eq!(figures, plain, "the andon changes no OEE bucket");
+    }
+
+    #[test]
+    fn a_safety_andon_raised_in_a_planned_stop_resolves_when_its_fault_clears_though_still_stopped()
+    {
+        let (d, _) = break_with(OVERTEMP);
+        let resolved = d.named("andon.resolved");
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].0, ts("2026-11-25T10:19:50Z"));
+        assert_eq!(resolved[0].1["resolved_by"], "auto");
+    }
+}

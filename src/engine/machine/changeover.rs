@@ -105,3 +105,40 @@ fn changeover_event(code: &str, co: &ChangeoverState, ended: Option<i64>, by: &s
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testkit::*;
+
+    #[test]
+    fn a_changeover_is_setup_downtime_not_a_planned_stop() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.run(1, false, [0, 0]);
+        d.command(
+            "BAG1/changeover/start",
+            json!({"request_id":"r","by":"lead","product_type_id":"BAG-2KG"}),
+        )
+        .unwrap();
+        d.run(300, false, [0, 0]);
+        d.command(
+            "BAG1/changeover/complete",
+            json!({"request_id":"r","by":"lead"}),
+        )
+        .unwrap();
+        d.run(10, true, [0, 0]);
+        let started = d.named("downtime.started");
+        let co = started
+            .iter()
+            .find(|(_, s)| s["category"] == "changeover")
+            .unwrap();
+        assert_eq!(co.1["planned"], false);
+        assert_eq!(
+            d.named("changeover.completed")[0].1["product_type_id_after"],
+            "BAG-2KG"
+        );
+        assert!(d.named("context.changed").iter().any(
+            |(_, c)| c["product_type_id"] == "BAG-2KG" && c["changeover_status"] == "completed"
+        ));
+    }
+}

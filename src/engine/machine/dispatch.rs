@@ -72,3 +72,40 @@ impl Machine {
         Ok(ev)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testkit::*;
+
+    #[test]
+    fn commands_that_do_not_apply_change_nothing() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(5, true, [0, 0]);
+        let before = d.engine.memories();
+        let e = d
+            .command("BAG1/job/start", json!({"request_id":"r","by":"x"}))
+            .unwrap_err();
+        assert!(e.contains("no job"), "{e}");
+        let e = d
+            .command(
+                "BAG1/andon/ack",
+                json!({"request_id":"r","by":"x","andon_id":"nope"}),
+            )
+            .unwrap_err();
+        assert!(e.contains("no open andon"), "{e}");
+        let e = d
+            .command(
+                "BAG1/changeover/complete",
+                json!({"request_id":"r","by":"x"}),
+            )
+            .unwrap_err();
+        assert!(e.contains("no changeover"), "{e}");
+        let cmd = parse("NOPE/planned-stop/end", br#"{"request_id":"r","by":"x"}"#).unwrap();
+        assert!(d
+            .engine
+            .on_command(d.t, &cmd)
+            .unwrap_err()
+            .contains("unknown equipment"));
+        assert_eq!(d.engine.memories(), before);
+    }
+}

@@ -414,3 +414,233 @@ impl Machine {
         }])
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testkit::*;
+
+    #[test]
+    fn a_stop_shorter_than_micro_stop_is_a_minor_stop_reported_at_its_end() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(60, true, [0, 0]);
+        d.run(29, false, [0, 0]);
+        d.run(10, true, [0, 0]);
+        assert!(
+            d.named("downtime.started").is_empty(),
+            "a minor stop never starts downtime"
+        );
+        let ended = d.named("downtime.ended");
+        assert_eq!(ended.len(), 1);
+        let (at, data) = &ended[0];
+        assert_eq!(*at, ts("2026-11-25T07:01:29Z"));
+        assert_eq!(data["minor"], true);
+        assert_eq!(data["duration_s"], 29.0);
+        assert_eq!(data["reason_code"], "UNASSIGNED");
+    }
+
+    #[test]
+    fn a_stop_reaching_micro_stop_starts_downtime_with_its_original_start_time() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(60, true, [0, 0]);
+        d.run(45, false, [1, 0]);
+        d.run(5, true, [0, 0]);
+        let started = d.named("downtime.started");
+        assert_eq!(started.len(), 1);
+        let (at, data) = &started[0];
+        assert_eq!(
+            *at,
+            ts("2026-11-25T07:01:30Z"),
+            "emitted when it reached 30 s"
+        );
+        assert_eq!(data["started_at"], "2026-11-25T07:01:00.000Z");
+        assert_eq!(data["reason_code"], "FILM_BREAK");
+        assert_eq!(data["category"], "material");
+        assert_eq!(data["planned"], false);
+        assert_eq!(data["fault_bits"], json!([0]));
+        let ended = d.named("downtime.ended");
+        assert_eq!(ended[0].1["duration_s"], 45.0);
+        assert_eq!(ended[0].1["minor"], false);
+        assert_eq!(ended[0].1["downtime_id"], data["downtime_id"]);
+    }
+
+    #[test]
+    fn the_first_out_fault_is_the_one_active_earliest_not_the_lowest_bit() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 2]); // JAM (bit 17) active while still running
+        d.run(2, true, [1, 2]); // FILM_BREAK (bit 0) joins
+        d.run(40, false, [1, 2]);
+        let started = d.named("downtime.started");
+        assert_eq!(started[0].1["reason_code"], "JAM");
+    }
+
+    #[test]
+    fn faults_appearing_in_the_same_poll_go_to_the_lowest_bit() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.run(40, false, [1 | 8, 0]);
+        assert_eq!(
+            d.named("downtime.started")[0].1["reason_code"],
+            "FILM_BREAK"
+        );
+    }
+
+    #[test]
+    fn a_fault_appearing_after_an_unassigned_downtime_start_sets_the_reason_automatically() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.run(35, false, [0, 0]);
+        d.run(10, false, [0, 2]);
+        let started = d.named("downtime.started");
+        assert_eq!(started[0].1["reason_code"], "UNASSIGNED");
+        assert_eq!(started[0].1["category"], "unassigned");
+        let set = d.named("downtime.reason_set");
+        assert_eq!(set.len(), 1);
+        assert_eq!(set[0].1["reason_code"], "JAM");
+        assert_eq!(set[0].1["by"], "auto");
+        assert_eq!(set[0].0, ts("2026-11-25T07:00:45Z"));
+    }
+
+    #[test]
+    fn an_operator_can_set_the_reason_of_an_unassigned_downtime_and_auto_does_not_override_it() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.run(35, false, [0, 0]);
+        let id = d.named("downtime.started")[0].1["downtime_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = d.command(
+            "BAG1/downtime/reason",
+            json!({"request_id":"r1","by":"jsmith","downtime_id": id,"reason_code":"NO_OPERATOR"}),
+        );
+        assert!(r.is_ok(), "{r:?}");
+        d.run(10, false, [0, 2]);
+        let set = d.named("downtime.reason_set");
+        assert_eq!(
+            set.len(),
+            1,
+            "auto never overrides an operator's reason: {set:?}"
+        );
+        assert_eq!(set[0].1["reason_code"], "NO_OPERATOR");
+        assert_eq!(set[0].1["category"], "operator");
+        assert_eq!(set[0].1["by"], "jsmith");
+    }
+
+    #[test]
+    fn a_commanded_planned_stop_ends_with_ended_by_timeout_exactly_at_start_plus_max() {
+        let mut d = Drive::new(&safety_config(), "2026-11-25T07:00:00Z");
+        d.engine.set_max_planned_stop_ms(10 * 60_000);
+        d.run(10, true, NONE);
+        start_planned_stop(&mut d); // at 07:00:10
+        d.run(600, false, NONE); // samples up to 07:10:09
+        assert!(d.named("downtime.ended").is_empty());
+        // A tick that arrives late still stamps the end with the deadline itself.
+        let events = d.engine.on_tick(ts("2026-11-25T07:10:10.700Z"));
+        d.events.extend(events.clone());
+        let ended: Vec<_> = events
+            .iter()
+            .filter(|e| e.name() == "downtime.ended")
+            .filter_map(|e| e.message().map(|m| (e.at_ms(), m.data)))
+            .collect();
+        assert_eq!(ended.len(), 1, "{events:?}");
+        assert_eq!(ended[0].0, ts("2026-11-25T07:10:10Z"));
+        assert_eq!(ended[0].1["ended_by"], "timeout");
+        assert_eq!(ended[0].1["planned"], true);
+        assert_eq!(ended[0].1["duration_s"], 600.0);
+        assert_eq!(
+            states(&events),
+            vec![(
+                MachineState::PlannedStop,
+                MachineState::Stopped,
+                ts("2026-11-25T07:10:10Z")
+            )]
+        );
+        // Still stopped: from the deadline on it is an ordinary stop, downtime after micro_stop_s.
+        d.t = ts("2026-11-25T07:10:11Z");
+        d.run(60, false, NONE);
+        let started = d.named("downtime.started");
+        assert_eq!(started.len(), 2);
+        assert_eq!(started[1].1["planned"], false);
+        assert_eq!(started[1].1["started_at"], "2026-11-25T07:10:10.000Z");
+        assert!(
+            d.command(
+                "BAG1/planned-stop/end",
+                json!({"request_id":"r","by":"lead"})
+            )
+            .is_err(),
+            "nothing left to end"
+        );
+    }
+
+    #[test]
+    fn a_planned_stop_ended_by_command_before_the_deadline_ends_normally_and_no_timeout_follows() {
+        let mut d = Drive::new(&safety_config(), "2026-11-25T07:00:00Z");
+        d.engine.set_max_planned_stop_ms(10 * 60_000);
+        d.run(10, true, NONE);
+        start_planned_stop(&mut d);
+        d.run(300, false, NONE);
+        d.command(
+            "BAG1/planned-stop/end",
+            json!({"request_id":"r","by":"jsmith"}),
+        )
+        .unwrap();
+        d.run(40, false, NONE);
+        d.run(1200, true, NONE);
+        let ended = d.named("downtime.ended");
+        assert_eq!(ended.len(), 2, "{ended:?}");
+        assert_eq!(ended[0].1["planned"], true);
+        assert_eq!(ended[0].1["ended_by"], "jsmith");
+        assert_eq!(ended[0].0, ts("2026-11-25T07:05:10Z"));
+        assert_eq!(ended[1].1["planned"], false);
+        assert_eq!(ended[1].1["ended_by"], "auto", "the machine ran again");
+        assert!(ended.iter().all(|(_, e)| e["ended_by"] != "timeout"));
+        assert_eq!(
+            d.engine.machine("BAG1").unwrap().mem.planned_deadline_ms,
+            None
+        );
+    }
+
+    #[test]
+    fn a_calendar_planned_stop_never_times_out() {
+        let mut d = Drive::new(&safety_config(), "2026-11-25T09:59:00Z");
+        d.engine.set_max_planned_stop_ms(60_000);
+        d.run(60, true, NONE);
+        d.run(1200, false, NONE);
+        assert!(
+            d.named("downtime.ended").is_empty(),
+            "the 20 min break runs its course"
+        );
+    }
+
+    #[test]
+    fn the_planned_stop_deadline_survives_a_save_and_restore_of_the_engine_memory() {
+        let mut d = Drive::new(&safety_config(), "2026-11-25T07:00:00Z");
+        d.engine.set_max_planned_stop_ms(10 * 60_000);
+        d.run(10, true, NONE);
+        start_planned_stop(&mut d);
+        d.run(120, false, NONE);
+        let (code, json_memory) = d.engine.memories().remove(0);
+        assert!(json_memory.contains("planned_deadline_ms"), "{json_memory}");
+        let memory: machine::Memory = serde_json::from_str(&json_memory).unwrap();
+        // The restarted daemon's engine has the default maximum: the persisted deadline holds.
+        let last_seen = d.t - 1000;
+        let mut fresh = Engine::new(&safety_config(), d.t + 30_000);
+        let restored = fresh.restore_memory(&code, memory, Vec::new(), last_seen);
+        assert_eq!(
+            states(&restored),
+            vec![(MachineState::PlannedStop, MachineState::Offline, last_seen)]
+        );
+        d.engine = fresh;
+        d.events.clear();
+        d.t += 30_000;
+        d.run(600, false, NONE); // back at 07:02:40, still stopped, until 07:12:39
+        let timeouts: Vec<_> = d
+            .named("downtime.ended")
+            .into_iter()
+            .filter(|(_, e)| e["ended_by"] == "timeout")
+            .collect();
+        assert_eq!(timeouts.len(), 1, "{:?}", d.named("downtime.ended"));
+        assert_eq!(timeouts[0].0, ts("2026-11-25T07:10:10Z"));
+        assert_eq!(timeouts[0].1["started_at"], "2026-11-25T07:02:40.000Z");
+    }
+}

@@ -209,3 +209,35 @@ impl Machine {
         Ok(ev)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testkit::*;
+
+    #[test]
+    fn a_job_counts_good_units_from_its_start_and_reports_them_at_completion() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.command(
+            "BAG1/job/assign",
+            json!({"request_id":"r1","by":"lead","job_id":"J-1001","target_quantity":5000}),
+        )
+        .unwrap();
+        d.command("BAG1/job/start", json!({"request_id":"r2","by":"lead"}))
+            .unwrap();
+        d.run(101, true, [0, 0]); // the last sample sees 100 s of production
+        d.command("BAG1/job/complete", json!({"request_id":"r3","by":"lead"}))
+            .unwrap();
+        let done = d.named("job.completed");
+        assert_eq!(done[0].1["job_id"], "J-1001");
+        assert_eq!(done[0].1["actual_quantity"], 200);
+        assert_eq!(done[0].1["target_quantity"], 5000);
+        let contexts = d.named("context.changed");
+        let last_started = contexts
+            .iter()
+            .rev()
+            .find(|(_, c)| c["change_reason"] == "command" && c["job_id"] == "J-1001")
+            .unwrap();
+        assert_eq!(last_started.1["target_quantity"], 5000);
+    }
+}

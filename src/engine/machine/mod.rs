@@ -372,3 +372,152 @@ impl Machine {
         ev
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testkit::*;
+
+    #[test]
+    fn the_first_sample_takes_a_machine_out_of_offline_at_its_tick_time() {
+        let mut engine = Engine::new(&config(1000), 0);
+        let events = engine.on_poll("bagger", 5_000, &sample(true, [0, 0]));
+        assert_eq!(
+            states(&events),
+            vec![(MachineState::Offline, MachineState::Running, 5_000)]
+        );
+    }
+
+    #[test]
+    fn an_unchanged_state_emits_no_state_event() {
+        let mut engine = Engine::new(&config(1000), 0);
+        engine.on_poll("bagger", 1_000, &sample(true, [0, 0]));
+        let events = engine.on_poll("bagger", 2_000, &sample(true, [0, 0]));
+        assert!(states(&events).is_empty());
+    }
+
+    #[test]
+    fn a_stop_without_a_configured_fault_is_stopped() {
+        let mut engine = Engine::new(&config(1000), 0);
+        engine.on_poll("bagger", 1_000, &sample(true, [0, 0]));
+        // Bit 0 is active but not in the fault table: not a fault of this machine.
+        let events = engine.on_poll("bagger", 2_000, &sample(false, [1, 0]));
+        assert_eq!(
+            states(&events),
+            vec![(MachineState::Running, MachineState::Stopped, 2_000)]
+        );
+    }
+
+    #[test]
+    fn a_stop_with_a_configured_fault_bit_in_the_second_word_is_faulted() {
+        let mut engine = Engine::new(&config(1000), 0);
+        engine.on_poll("bagger", 1_000, &sample(true, [0, 0]));
+        // Bit 17 = bit 1 of word 1.
+        let events = engine.on_poll("bagger", 2_000, &sample(false, [0, 2]));
+        assert_eq!(
+            states(&events),
+            vec![(MachineState::Running, MachineState::Faulted, 2_000)]
+        );
+    }
+
+    #[test]
+    fn a_running_machine_with_a_fault_bit_is_still_running() {
+        let mut engine = Engine::new(&config(1000), 0);
+        let events = engine.on_poll("bagger", 1_000, &sample(true, [0, 2]));
+        assert_eq!(states(&events)[0].1, MachineState::Running);
+    }
+
+    #[test]
+    fn equipment_goes_offline_only_after_the_configured_number_of_failed_polls() {
+        let mut engine = Engine::new(&config(1000), 0);
+        engine.on_poll("bagger", 1_000, &sample(true, [0, 0]));
+        for n in 1..=2 {
+            let events = engine.on_poll(
+                "bagger",
+                1_000 + n * 1_000,
+                &PollInput::Failed {
+                    consecutive: n as u32,
+                },
+            );
+            assert!(
+                states(&events).is_empty(),
+                "offline after only {n} failures"
+            );
+        }
+        let events = engine.on_poll("bagger", 4_000, &PollInput::Failed { consecutive: 3 });
+        assert_eq!(
+            states(&events),
+            vec![(MachineState::Running, MachineState::Offline, 4_000)]
+        );
+        let events = engine.on_poll("bagger", 5_000, &sample(true, [0, 0]));
+        assert_eq!(
+            states(&events),
+            vec![(MachineState::Offline, MachineState::Running, 5_000)]
+        );
+    }
+
+    #[test]
+    fn an_unreadable_running_signal_means_offline() {
+        let mut engine = Engine::new(&config(1000), 0);
+        engine.on_poll("bagger", 1_000, &sample(true, [0, 0]));
+        let mut bad = EquipmentSample {
+            equipment: "BAG1".into(),
+            signals: BTreeMap::new(),
+        };
+        bad.signals.insert(
+            "running".into(),
+            SignalReading {
+                value: None,
+                quality: Quality::Bad,
+            },
+        );
+        let events = engine.on_poll("bagger", 2_000, &PollInput::Samples(vec![bad]));
+        assert_eq!(states(&events)[0].1, MachineState::Offline);
+    }
+
+    #[test]
+    fn a_sample_stamped_before_the_last_one_never_moves_time_backwards() {
+        let mut engine = Engine::new(&config(1000), 0);
+        engine.on_poll("bagger", 10_000, &sample(true, [0, 0]));
+        let events = engine.on_poll("bagger", 9_000, &sample(false, [0, 0]));
+        assert_eq!(
+            states(&events),
+            vec![(MachineState::Running, MachineState::Stopped, 10_000)]
+        );
+    }
+
+    #[test]
+    fn telemetry_is_emitted_once_per_publish_interval_boundary() {
+        let mut engine = Engine::new(&config(1000), 0);
+        let mut telemetry_times = Vec::new();
+        for t in (0..3_000).step_by(250) {
+            for e in engine.on_poll("bagger", 10_000 + t, &sample(true, [0, 0])) {
+                if let Event::Telemetry { at_ms, .. } = e {
+                    telemetry_times.push(at_ms);
+                }
+            }
+        }
+        assert_eq!(telemetry_times, vec![10_000, 11_000, 12_000]);
+    }
+
+    #[test]
+    fn a_zero_publish_interval_sends_telemetry_every_poll() {
+        let mut engine = Engine::new(&config(0), 0);
+        let count = (0..5)
+            .flat_map(|n| engine.on_poll("bagger", n * 100, &sample(true, [0, 0])))
+            .filter(|e| matches!(e, Event::Telemetry { .. }))
+            .count();
+        assert_eq!(count, 5);
+    }
+
+    #[test]
+    fn wall_clock_steps_backwards_never_produce_negative_durations() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:00Z");
+        d.run(10, true, [0, 0]);
+        d.t -= 60_000; // NTP stepped the clock back a minute
+        d.run(40, false, [0, 0]);
+        d.run(5, true, [0, 0]);
+        for (_, e) in d.named("downtime.ended") {
+            assert!(e["duration_s"].as_f64().unwrap() >= 0.0, "{e}");
+        }
+    }
+}

@@ -132,3 +132,29 @@ impl Machine {
         ev
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::testkit::*;
+
+    #[test]
+    fn a_snapshot_is_sent_every_minute_while_a_shift_is_current() {
+        let mut d = Drive::new(&line_config(), "2026-11-25T07:00:30Z");
+        d.run(300, true, [0, 0]);
+        let snaps = d.named("oee.snapshot");
+        let times: Vec<_> = snaps.iter().map(|(t, _)| *t).collect();
+        assert_eq!(
+            times,
+            (1..=5)
+                .map(|m| ts("2026-11-25T07:00:00Z") + m * 60_000)
+                .collect::<Vec<_>>()
+        );
+        assert!(snaps
+            .iter()
+            .all(|(_, s)| s["final"] == false && s["shift"] == "A"));
+        assert_eq!(
+            snaps[0].1["window_start"], "2026-11-25T07:00:30.000Z",
+            "begins at the first sample"
+        );
+    }
+}
