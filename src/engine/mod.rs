@@ -5,8 +5,13 @@
 //! milliseconds), so the same inputs always give the same events and every rule can be tested
 //! sample by sample.
 //!
-//! Module map: [`state`] (machine state from a sample), [`machine`] (one equipment's rules:
-//! stops, downtime, andons, context, jobs), [`oee`] (minute buckets and A/P/Q/OEE),
+//! Samples arrive as [`crate::sample::EquipmentSample`]s; [`Engine::on_poll`] types each one's
+//! engine signals once ([`crate::sample::EngineSignals`]) and no rule looks a signal up by
+//! name. The engine never imports `acquire`.
+//!
+//! Module map: [`state`] (the machine states and their names), [`machine`] (one equipment's
+//! rules, one file per concept: downtime, andons, production, jobs, changeovers, shifts,
+//! command dispatch), [`oee`] (minute buckets and A/P/Q/OEE),
 //! [`calendar`] (shifts and planned stops in the gateway's zone), [`counter`] (counter deltas
 //! across resets and wraps), [`command`] (command parsing), [`event`] (what comes out, and its
 //! wire form), [`context`] (production context).
