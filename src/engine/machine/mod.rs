@@ -18,13 +18,13 @@
 //! deadline in the memory and ends there by itself (`ended_by = "timeout"`).
 //!
 //! This file owns the [`Machine`] and its [`Memory`], the inputs, the state rule
-//! ([`Machine::derive_state`]) and time attribution; each concept has its own file, every one
+//! (`Machine::derive_state`) and time attribution; each concept has its own file, every one
 //! an `impl Machine` over the same memory:
-//! [`rules`] (the config, compiled; name tables), [`downtime`] (stops, minor stops, first-out,
-//! planned stops and their timeout), [`andon`] (raise, escalate, acknowledge, resolve, safety
-//! andons), [`production`] (units into buckets, the job and the windows), [`job`] (jobs and
-//! the production context), [`changeover`], [`shift`] (shift changes, snapshots, settled
-//! minutes) and [`dispatch`] (`on_command`).
+//! `rules` (the config, compiled; name tables), `downtime` (stops, minor stops, first-out,
+//! planned stops and their timeout), `andon` (raise, escalate, acknowledge, resolve, safety
+//! andons), `production` (units into buckets, the job and the windows), `job` (jobs and
+//! the production context), `changeover`, `shift` (shift changes, snapshots, settled
+//! minutes) and `dispatch` (`on_command`).
 //!
 //! Never does: read a clock, touch SQLite, await, or look a signal up by name.
 

@@ -40,7 +40,7 @@ pub struct Rules {
     pub targets: serde_json::Value,
     /// A planned stop started by command ends by itself this long after its start (SPEC §7).
     /// Not part of `[[equipment]]`: the engine sets it for every machine
-    /// ([`super::Engine::set_max_planned_stop_ms`]).
+    /// ([`crate::engine::Engine::set_max_planned_stop_ms`]).
     pub max_planned_stop_ms: i64,
 }
 
