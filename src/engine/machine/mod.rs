@@ -500,6 +500,43 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_publishes_every_signal_as_read_not_as_the_engine_typed_it() {
+        let mut engine = Engine::new(&config(0), 0);
+        let reading = |value: Option<Value>, quality| SignalReading { value, quality };
+        let signals: BTreeMap<String, SignalReading> = [
+            ("running", reading(Some(Value::UInt(1)), Quality::Good)),
+            ("good_count", reading(None, Quality::Bad)),
+            ("faults", reading(None, Quality::Stale)),
+            (
+                "zone_temp",
+                reading(Some(Value::Float(21.5)), Quality::Good),
+            ),
+        ]
+        .into_iter()
+        .map(|(n, r)| (n.to_string(), r))
+        .collect();
+        let input = PollInput::Samples(vec![EquipmentSample {
+            equipment: "BAG1".into(),
+            signals: signals.clone(),
+        }]);
+        let events = engine.on_poll("bagger", 1_000, &input);
+        let Some(Event::Telemetry {
+            values, quality, ..
+        }) = events.iter().find(|e| matches!(e, Event::Telemetry { .. }))
+        else {
+            panic!("no telemetry in {events:?}");
+        };
+        let as_read: BTreeMap<_, _> = signals
+            .iter()
+            .map(|(n, r)| (n.clone(), r.value.clone()))
+            .collect();
+        assert_eq!(values, &as_read, "the running 1 stays a number");
+        assert_eq!(quality["good_count"], Quality::Bad);
+        assert_eq!(quality["faults"], Quality::Stale);
+        assert_eq!(states(&events)[0].1, MachineState::Running);
+    }
+
+    #[test]
     fn a_zero_publish_interval_sends_telemetry_every_poll() {
         let mut engine = Engine::new(&config(0), 0);
         let count = (0..5)
