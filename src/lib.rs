@@ -10,6 +10,8 @@
 //!
 //! - [`config`]: the TOML file, parsed and compiled into a validated [`config::Config`].
 //! - [`acquire`]: one task per PLC on an absolute schedule; decodes raw registers into samples.
+//! - [`sample`]: the sample types `acquire` produces and `engine` reads, and the typed engine
+//!   signals built from them once at that boundary.
 //! - [`engine`]: pure domain logic — samples and time in, events and state out. No I/O.
 //! - [`store`]: SQLite; an event's domain rows and its outbox row commit in one transaction.
 //! - [`cloudevents`]: the CloudEvents 1.0 envelope of every message, in one place.
@@ -28,6 +30,7 @@ pub mod daemon;
 pub mod demo;
 pub mod engine;
 pub mod notify;
+pub mod sample;
 pub mod sim;
 pub mod status;
 pub mod store;

@@ -58,7 +58,6 @@ pub mod schedule;
 pub mod stats;
 pub mod timer;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -68,94 +67,9 @@ use tokio::sync::watch;
 
 use crate::clock::Clock;
 use crate::config::{Config, Plc, Protocol};
-
-/// A decoded engineering value.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(untagged)]
-pub enum Value {
-    Bool(bool),
-    Int(i64),
-    UInt(u64),
-    Float(f64),
-    Array(Vec<Value>),
-}
-
-impl Value {
-    /// Truthiness for `running`: a bool, or a non-zero number.
-    pub fn as_bool(&self) -> Option<bool> {
-        match self {
-            Value::Bool(b) => Some(*b),
-            Value::Int(i) => Some(*i != 0),
-            Value::UInt(u) => Some(*u != 0),
-            Value::Float(f) => Some(*f != 0.0),
-            Value::Array(_) => None,
-        }
-    }
-
-    /// Numeric view for rates and speeds.
-    pub fn as_f64(&self) -> Option<f64> {
-        match self {
-            Value::Bool(b) => Some(if *b { 1.0 } else { 0.0 }),
-            Value::Int(i) => Some(*i as f64),
-            Value::UInt(u) => Some(*u as f64),
-            Value::Float(f) => Some(*f),
-            Value::Array(_) => None,
-        }
-    }
-
-    /// Counter view: non-negative integers only (a float counter is truncated).
-    pub fn as_u64(&self) -> Option<u64> {
-        match self {
-            Value::Bool(b) => Some(u64::from(*b)),
-            Value::Int(i) => u64::try_from(*i).ok(),
-            Value::UInt(u) => Some(*u),
-            Value::Float(f) if *f >= 0.0 && f.is_finite() => Some(*f as u64),
-            _ => None,
-        }
-    }
-
-    /// Fault words as a list of bit patterns (a scalar is a one-word list).
-    ///
-    /// A signed word is taken as its two's complement bit pattern: a Logix DINT fault word with
-    /// bit 31 set is negative, and that bit must still read as set (the engine masks each word
-    /// to its width).
-    pub fn as_words(&self) -> Vec<u64> {
-        match self {
-            Value::Array(items) => items.iter().map(Value::word_bits).collect(),
-            other => vec![other.word_bits()],
-        }
-    }
-
-    fn word_bits(&self) -> u64 {
-        match self {
-            Value::Int(i) => *i as u64,
-            other => other.as_u64().unwrap_or(0),
-        }
-    }
-}
-
-/// Signal quality, published beside each value (SPEC §4 telemetry); see the module doc.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Quality {
-    Good,
-    Bad,
-    Stale,
-}
-
-/// One signal's value in one poll; `value` is `None` when the read failed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SignalReading {
-    pub value: Option<Value>,
-    pub quality: Quality,
-}
-
-/// Every signal of one equipment, read in one poll, keyed by signal name.
-#[derive(Debug, Clone, PartialEq, Default)]
-pub struct EquipmentSample {
-    pub equipment: String,
-    pub signals: BTreeMap<String, SignalReading>,
-}
+// The sample types live in the neutral `sample` module (the engine reads them too); they are
+// re-exported here because every driver produces them.
+pub use crate::sample::{EquipmentSample, Quality, SignalReading, Value};
 
 /// Why a poll failed.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -464,13 +378,6 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn a_negative_dint_fault_word_keeps_its_bit_31() {
-        let words = Value::Array(vec![Value::Int(5), Value::Int(i64::from(i32::MIN))]).as_words();
-        assert_eq!(words[0], 5);
-        assert_eq!(words[1] & 0xFFFF_FFFF, 0x8000_0000);
     }
 
     #[test]

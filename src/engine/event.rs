@@ -12,8 +12,8 @@ use serde_json::{json, Value as Json};
 use super::context::Context;
 use super::oee::Bucket;
 use super::state::MachineState;
-use crate::acquire::{Quality, Value};
 use crate::clock::rfc3339_ms;
+use crate::sample::{Quality, Value};
 
 /// Why a machine is down: a fault from the table, an operator reason, planned, changeover.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,8 +5,13 @@
 //! milliseconds), so the same inputs always give the same events and every rule can be tested
 //! sample by sample.
 //!
-//! Module map: [`state`] (machine state from a sample), [`machine`] (one equipment's rules:
-//! stops, downtime, andons, context, jobs), [`oee`] (minute buckets and A/P/Q/OEE),
+//! Samples arrive as [`crate::sample::EquipmentSample`]s; [`Engine::on_poll`] types each one's
+//! engine signals once ([`crate::sample::EngineSignals`]) and no rule looks a signal up by
+//! name. The engine never imports `acquire`.
+//!
+//! Module map: [`state`] (the machine states and their names), [`machine`] (one equipment's
+//! rules, one file per concept: downtime, andons, production, jobs, changeovers, shifts,
+//! command dispatch), [`oee`] (minute buckets and A/P/Q/OEE),
 //! [`calendar`] (shifts and planned stops in the gateway's zone), [`counter`] (counter deltas
 //! across resets and wraps), [`command`] (command parsing), [`event`] (what comes out, and its
 //! wire form), [`context`] (production context).
@@ -29,8 +34,8 @@ pub mod state;
 
 use std::collections::BTreeMap;
 
-use crate::acquire::EquipmentSample;
 use crate::config::Config;
+use crate::sample::{EngineSignals, EquipmentSample};
 
 pub use event::{DropClass, Event, Message};
 pub use machine::BUCKET_HORIZON_MS;
@@ -111,11 +116,7 @@ impl Engine {
     pub fn restore(&mut self, previous: &[MachineView], last_seen_ms: i64) -> Vec<Event> {
         let mut events = Vec::new();
         for view in previous {
-            let Some(m) = self
-                .machines
-                .iter_mut()
-                .find(|m| m.rules.code == view.equipment)
-            else {
+            let Some(m) = machine_mut(&mut self.machines, &view.equipment) else {
                 continue;
             };
             m.mem.state = view.state;
@@ -136,16 +137,10 @@ impl Engine {
         minutes: Vec<(i64, oee::Bucket)>,
         last_seen_ms: i64,
     ) -> Vec<Event> {
-        let Some(m) = self.machines.iter_mut().find(|m| m.rules.code == code) else {
+        let Some(m) = machine_mut(&mut self.machines, code) else {
             return Vec::new();
         };
-        let open = std::mem::take(&mut m.mem.open_minutes);
-        m.adopt(memory);
-        m.buckets.minutes.extend(minutes);
-        m.buckets.minutes.extend(
-            open.into_iter()
-                .chain(std::mem::take(&mut m.mem.open_minutes)),
-        );
+        take_over(m, memory, minutes);
         m.went_away(last_seen_ms, &self.calendar)
     }
 
@@ -154,16 +149,9 @@ impl Engine {
     /// does not go `offline`: the daemon never stopped watching, so open downtime, andons,
     /// context and jobs carry on as if nothing happened. Unknown codes are ignored.
     pub fn resume_memory(&mut self, code: &str, memory: Memory, minutes: Vec<(i64, oee::Bucket)>) {
-        let Some(m) = self.machines.iter_mut().find(|m| m.rules.code == code) else {
-            return;
-        };
-        let open = std::mem::take(&mut m.mem.open_minutes);
-        m.adopt(memory);
-        m.buckets.minutes.extend(minutes);
-        m.buckets.minutes.extend(
-            open.into_iter()
-                .chain(std::mem::take(&mut m.mem.open_minutes)),
-        );
+        if let Some(m) = machine_mut(&mut self.machines, code) {
+            take_over(m, memory, minutes);
+        }
     }
 
     /// Closes what is open on equipment that a reload removes (`codes` not in the new
@@ -184,16 +172,14 @@ impl Engine {
         match input {
             PollInput::Samples(samples) => {
                 for sample in samples {
-                    let Some(m) = self
-                        .machines
-                        .iter_mut()
-                        .find(|m| m.rules.code == sample.equipment)
-                    else {
+                    let Some(m) = machine_mut(&mut self.machines, &sample.equipment) else {
                         continue;
                     };
+                    // The boundary: the sample's engine signals are typed here, once.
+                    let signals = EngineSignals::read(sample, &m.rules.layout);
                     events.extend(m.on_sample(
                         at_ms,
-                        sample,
+                        &signals,
                         &self.calendar,
                         self.telemetry_interval_ms,
                     ));
@@ -222,11 +208,7 @@ impl Engine {
     /// change nothing.
     pub fn on_command(&mut self, now_ms: i64, cmd: &Command) -> CommandResult {
         let cal = &self.calendar;
-        let Some(m) = self
-            .machines
-            .iter_mut()
-            .find(|m| m.rules.code == cmd.equipment)
-        else {
+        let Some(m) = machine_mut(&mut self.machines, &cmd.equipment) else {
             return Err(format!("unknown equipment \"{}\"", cmd.equipment));
         };
         // Apply to a copy: a command either applies completely or not at all.
@@ -284,6 +266,24 @@ impl Engine {
             })
             .collect()
     }
+}
+
+/// The machine of equipment `code`, if the configuration has it (the one place machines are
+/// looked up by code; [`Engine::machine`] is its read-only twin).
+fn machine_mut<'a>(machines: &'a mut [Machine], code: &str) -> Option<&'a mut Machine> {
+    machines.iter_mut().find(|m| m.rules.code == code)
+}
+
+/// Takes over a persisted memory and its minute buckets: the buckets the memory kept open
+/// and the ones the fresh machine had are kept beside the settled ones.
+fn take_over(m: &mut Machine, memory: Memory, minutes: Vec<(i64, oee::Bucket)>) {
+    let open = std::mem::take(&mut m.mem.open_minutes);
+    m.adopt(memory);
+    m.buckets.minutes.extend(minutes);
+    m.buckets.minutes.extend(
+        open.into_iter()
+            .chain(std::mem::take(&mut m.mem.open_minutes)),
+    );
 }
 
 /// What `status` shows of one equipment, from its persisted memory and minute buckets: open
@@ -354,5 +354,7 @@ pub fn summary(
     })
 }
 
+#[cfg(test)]
+mod testkit;
 #[cfg(test)]
 mod tests;

@@ -1,14 +1,14 @@
-//! Machine state from one sample.
+//! The machine states of SPEC §3 and their names.
 //!
-//! `running` decides running vs. not; a stopped machine with a configured fault bit active is
-//! `faulted`. A `running` signal that could not be read makes the state unknowable, which is
-//! `offline` (SPEC §3: "PLC unreachable or a read failed").
+//! Owns: [`MachineState`] and its one name table (events, the database and `status` use the
+//! same names, and the serde form agrees with it). Never does: decide a state — that rule
+//! lives with the machine (`machine::Machine::derive_state`): `running` decides running vs.
+//! not, then changeover, planned stop, faulted (a configured fault bit active), stopped; an
+//! unreadable `running` is `offline` (SPEC §3: "PLC unreachable or a read failed").
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
-
-use crate::acquire::{EquipmentSample, Quality};
 
 /// The states of SPEC §3.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -22,30 +22,32 @@ pub enum MachineState {
     Offline,
 }
 
+/// Each state with the name used in events, the database and `status`: the one table both
+/// [`MachineState::as_str`] and [`MachineState::parse`] read.
+const NAMES: [(MachineState, &str); 6] = [
+    (MachineState::Running, "running"),
+    (MachineState::Stopped, "stopped"),
+    (MachineState::Faulted, "faulted"),
+    (MachineState::PlannedStop, "planned_stop"),
+    (MachineState::Changeover, "changeover"),
+    (MachineState::Offline, "offline"),
+];
+
 impl MachineState {
     /// The name used in events, the database and `status`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            MachineState::Running => "running",
-            MachineState::Stopped => "stopped",
-            MachineState::Faulted => "faulted",
-            MachineState::PlannedStop => "planned_stop",
-            MachineState::Changeover => "changeover",
-            MachineState::Offline => "offline",
-        }
+        NAMES
+            .iter()
+            .find(|(state, _)| *state == self)
+            .map_or("offline", |(_, name)| name)
     }
 
     /// Parses a stored name.
     pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "running" => MachineState::Running,
-            "stopped" => MachineState::Stopped,
-            "faulted" => MachineState::Faulted,
-            "planned_stop" => MachineState::PlannedStop,
-            "changeover" => MachineState::Changeover,
-            "offline" => MachineState::Offline,
-            _ => return None,
-        })
+        NAMES
+            .iter()
+            .find(|(_, name)| *name == s)
+            .map(|(state, _)| *state)
     }
 }
 
@@ -55,49 +57,20 @@ impl fmt::Display for MachineState {
     }
 }
 
-/// Active fault bit numbers in fault words (bit n of word k is fault `width·k + n`).
-pub fn active_bits(words: &[u64], width: u32) -> Vec<u32> {
-    let mut bits = Vec::new();
-    for (k, word) in words.iter().enumerate() {
-        for n in 0..width.min(64) {
-            if word >> n & 1 == 1 {
-                bits.push(k as u32 * width + n);
-            }
-        }
-    }
-    bits
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The state one sample shows. `fault_bits` are the configured fault bits (empty: any bit);
-/// `word_width` is the bit width of one fault word (16 for Modbus registers, 32 for DINTs).
-pub fn classify(sample: &EquipmentSample, fault_bits: &[u32], word_width: u32) -> MachineState {
-    let running = sample
-        .signals
-        .get("running")
-        .filter(|r| r.quality == Quality::Good)
-        .and_then(|r| r.value.as_ref())
-        .and_then(|v| v.as_bool());
-    match running {
-        None => MachineState::Offline,
-        Some(true) => MachineState::Running,
-        Some(false) => {
-            let words = sample
-                .signals
-                .get("faults")
-                .and_then(|r| r.value.as_ref())
-                .map(|v| v.as_words())
-                .unwrap_or_default();
-            let active = active_bits(&words, word_width);
-            let faulted = if fault_bits.is_empty() {
-                !active.is_empty()
-            } else {
-                active.iter().any(|b| fault_bits.contains(b))
-            };
-            if faulted {
-                MachineState::Faulted
-            } else {
-                MachineState::Stopped
-            }
+    #[test]
+    fn every_state_name_parses_back_to_its_state_and_matches_its_serde_name() {
+        for (state, name) in NAMES {
+            assert_eq!(state.as_str(), name);
+            assert_eq!(MachineState::parse(name), Some(state));
+            assert_eq!(
+                serde_json::to_string(&state).unwrap(),
+                format!("\"{name}\"")
+            );
         }
+        assert_eq!(MachineState::parse("idle"), None);
     }
 }
