@@ -137,6 +137,8 @@ async fn replay(port: u16, dir: &std::path::Path, stream: String) -> Duration {
         settings,
         reader,
         UplinkChannels {
+            fresh: mpsc::channel(1).1,
+            committed: Arc::new(std::sync::atomic::AtomicI64::new(0)),
             outbox_changed: Arc::new(Notify::new()),
             live,
             commands,

@@ -33,6 +33,8 @@ use crate::uplink::{guard, InboundCommand, LiveMessage, UplinkStats};
 
 /// Longest time the persisted engine memory may lag when nothing but telemetry happened.
 const MEMORY_EVERY_MS: i64 = 1_000;
+/// PLC counters for `status` are written at most this often (and when a link changes).
+const HEALTH_EVERY_MS: i64 = 1_000;
 
 /// The engine's time-driven rules run at most this often.
 const TICK_EVERY_MS: i64 = 250;
@@ -156,6 +158,9 @@ pub(super) struct Core {
     last_tick_ms: i64,
     /// Wall time the engine memory was last committed, for [`MEMORY_EVERY_MS`].
     last_memory_ms: i64,
+    /// When the PLC counters were last written for `status` (at most once a second, or at
+    /// once when a PLC's link or error changes: a row per poll was a third of each commit).
+    last_health_ms: i64,
     /// Per PLC: (time of the last poll tick, counters), for `P/status` and the view.
     plc_health: BTreeMap<String, (i64, PlcCounters)>,
     /// Highest outbox seq committed so far (the view).
@@ -218,6 +223,7 @@ impl Core {
             beat,
             last_tick_ms: i64::MIN,
             last_memory_ms: i64::MIN / 2,
+            last_health_ms: i64::MIN / 2,
             plc_health: BTreeMap::new(),
             last_seq: 0,
             recent: Vec::new(),
@@ -312,7 +318,7 @@ impl Core {
             }
             let health_changed = self.ingest(&reports);
             self.tick(closed);
-            self.commit(&reports, closed);
+            self.commit(closed, health_changed);
             self.prune();
             self.health(health_changed);
             self.show();
@@ -387,7 +393,8 @@ impl Core {
         }
     }
 
-    /// Commits the queue with the PLC health of `reports` in one transaction, or keeps it
+    /// Commits the queue (with the PLC counters at most once a second, or when a PLC's link
+    /// changed) in one transaction, or keeps it
     /// queued when the database refuses it ([`Store::commit_or_queue`]); wakes the uplink when
     /// outbox rows were written.
     ///
@@ -397,12 +404,14 @@ impl Core {
     /// second: a memory and its open minute buckets are saved together, so a snapshot up to a
     /// second old loses no count after a crash, it only re-derives it. This keeps SD-card
     /// writes at fast poll rates an order of magnitude lower.
-    fn commit(&mut self, reports: &[PollReport], closed: bool) {
+    fn commit(&mut self, closed: bool, links_changed: bool) {
         let to_outbox = self.config.telemetry.store_and_forward;
         if !to_outbox {
             self.send_live_telemetry();
         }
         let now_ms = self.clock.now_ms();
+        let write_health =
+            closed || links_changed || now_ms >= self.last_health_ms + HEALTH_EVERY_MS;
         let save_memory = closed
             || now_ms >= self.last_memory_ms + MEMORY_EVERY_MS
             || self
@@ -415,16 +424,23 @@ impl Core {
             &self.engine,
             Bookkeeping {
                 telemetry_to_outbox: to_outbox,
-                health: reports
-                    .iter()
-                    .map(|r| (r.plc.clone(), r.scheduled_ms, r.counters.clone()))
-                    .collect(),
+                health: if write_health {
+                    self.plc_health
+                        .iter()
+                        .map(|(plc, (at, c))| (plc.clone(), *at, c.clone()))
+                        .collect()
+                } else {
+                    Vec::new()
+                },
                 heartbeat_ms: now_ms,
                 save_memory,
             },
         );
         if done.batch && save_memory {
             self.last_memory_ms = now_ms;
+        }
+        if done.batch && write_health {
+            self.last_health_ms = now_ms;
         }
         if let Some(max) = done.max_seq {
             self.last_seq = max;

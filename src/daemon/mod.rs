@@ -325,6 +325,7 @@ impl Pipeline {
             }
         }
         .map_err(|e| DaemonError::Core(e.to_string()))??;
+        let mut store = store;
         let stream = store.stream().to_string();
         tracing::info!(db = %store.path().display(), %stream, "database open");
 
@@ -335,6 +336,15 @@ impl Pipeline {
         let (live_tx, live_rx) = mpsc::channel::<LiveMessage>(1024);
         let (restored_tx, restored_rx) = oneshot::channel::<()>();
         let outbox_changed = Arc::new(Notify::new());
+        // Committed rows go straight to the uplink (it reads SQLite only to catch up).
+        let (fresh_tx, fresh_rx) = mpsc::channel(uplink::FRESH_ROWS);
+        let committed = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        if config.mqtt.is_some() {
+            store.set_handoff(crate::store::Handoff {
+                rows: fresh_tx,
+                committed: committed.clone(),
+            });
+        }
         let status = serde_json::json!({
             "state": "online",
             "version": env!("CARGO_PKG_VERSION"),
@@ -402,6 +412,8 @@ impl Pipeline {
                 };
                 let channels = uplink::UplinkChannels {
                     outbox_changed,
+                    fresh: fresh_rx,
+                    committed,
                     live: live_rx,
                     commands: cmd_tx,
                     status: status_rx,

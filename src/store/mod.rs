@@ -273,7 +273,16 @@ pub struct Store {
     /// Where committed outbox rows are handed to the uplink, so it need not read back what was
     /// just written. Best effort: a full channel (or a commit that dropped rows for the bound)
     /// leaves a `seq` gap the uplink notices, and it then reads SQLite as before.
-    handoff: Option<tokio::sync::mpsc::Sender<outbox::OutboxRow>>,
+    handoff: Option<Handoff>,
+}
+
+/// The uplink's side of the committed-rows fast path.
+#[derive(Debug, Clone)]
+pub struct Handoff {
+    pub rows: tokio::sync::mpsc::Sender<outbox::OutboxRow>,
+    /// The highest `seq` committed so far, set after its rows were offered to `rows`: a reader
+    /// whose next expected seq is not above it, once `rows` is drained, missed some.
+    pub committed: std::sync::Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// (device, inode, link count) of the file at `path`, following symlinks.
@@ -508,8 +517,8 @@ impl Store {
     }
 
     /// Hands every row committed from now on to `tx` (the uplink's fast path; see the field).
-    pub fn set_handoff(&mut self, tx: tokio::sync::mpsc::Sender<outbox::OutboxRow>) {
-        self.handoff = Some(tx);
+    pub fn set_handoff(&mut self, handoff: Handoff) {
+        self.handoff = Some(handoff);
     }
 
     /// The stream id of this database (SPEC §4).
@@ -631,12 +640,18 @@ impl Store {
         self.outbox_estimate = estimate;
         let seqs = rows.iter().map(|r| r.seq).collect();
         if let Some(handoff) = &self.handoff {
+            let max = rows.last().map(|r| r.seq);
             if dropped.is_empty() {
                 for row in rows {
-                    if handoff.try_send(row).is_err() {
+                    if handoff.rows.try_send(row).is_err() {
                         break;
                     }
                 }
+            }
+            if let Some(max) = max {
+                handoff
+                    .committed
+                    .fetch_max(max, std::sync::atomic::Ordering::AcqRel);
             }
         }
         if episode == Some(self.next_episode) {

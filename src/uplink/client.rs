@@ -64,6 +64,9 @@ pub struct Lost {
     pub message: String,
     /// An inbound packet exceeded `max_packet_kb` (the MQTT 3.1.1 client cannot skip one).
     pub oversized_inbound: bool,
+    /// The broker could not be reached at all (TCP refused, timed out, no route): probing it
+    /// is cheap and tells when it is back. Not set for refusals by a broker that answered.
+    pub unreachable: bool,
 }
 
 /// The request side of one connection.
@@ -339,6 +342,7 @@ fn lost_v5(e: &rumqttc::v5::ConnectionError) -> Lost {
     Lost {
         message,
         oversized_inbound: oversized,
+        unreachable: matches!(e, Ce::Io(_) | Ce::Timeout(_)),
     }
 }
 
@@ -373,6 +377,7 @@ fn lost_v3(e: &rumqttc::ConnectionError) -> Lost {
     Lost {
         message,
         oversized_inbound: oversized,
+        unreachable: matches!(e, Ce::Io(_) | Ce::NetworkTimeout | Ce::FlushTimeout),
     }
 }
 

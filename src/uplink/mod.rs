@@ -25,7 +25,8 @@
 //!   disconnected is dropped and counted, never queued for later (SPEC §4).
 //! - **Reconnect quickly, without storms.** Decorrelated jitter from 0.5 s capped at
 //!   `reconnect_max_s`, reset after a connection stayed up 60 s; an unreachable broker moves
-//!   on to the next URL at once. On a failover broker the primary is probed every
+//!   on to the next URL at once. While waiting, a TCP probe about once a second (jittered)
+//!   cuts the wait short when the broker accepts connections again. On a failover broker the primary is probed every
 //!   `return_to_primary_s`; only when it answers is the current connection closed.
 //! - The uplink never invents events: `P/status` and command replies are the only messages it
 //!   publishes that are not outbox rows.
@@ -61,6 +62,14 @@ pub const OTHERS_SLOTS: usize = 16;
 pub const OTHERS_QUEUE: usize = 1024;
 /// Bytes of replies and live messages waiting for a client slot, at most.
 pub const OTHERS_QUEUE_BYTES: usize = 2 * 1024 * 1024;
+/// Committed rows handed from the core to the uplink without a read-back, at most (beyond
+/// that the uplink reads them from SQLite).
+pub const FRESH_ROWS: usize = 1024;
+/// Acknowledged rows are deleted in one transaction once this many are waiting …
+const ACK_BATCH: usize = 64;
+/// … or once the oldest has waited this long (a row deleted late is only resent after a
+/// crash, which at-least-once allows).
+const ACK_DELAY: Duration = Duration::from_millis(250);
 /// Bytes of accepted commands waiting for the core, at most.
 pub const INBOUND_BUDGET: usize = 1024 * 1024;
 /// A connection that lasted this long resets the reconnect backoff.
@@ -196,6 +205,10 @@ pub struct UplinkSettings {
 pub struct UplinkChannels {
     /// Signalled by the core after each commit that added outbox rows.
     pub outbox_changed: Arc<Notify>,
+    /// The rows of those commits, in `seq` order, best effort (see [`FRESH_ROWS`]).
+    pub fresh: mpsc::Receiver<OutboxRow>,
+    /// The highest seq committed (see [`crate::store::Handoff`]).
+    pub committed: Arc<std::sync::atomic::AtomicI64>,
     pub live: mpsc::Receiver<LiveMessage>,
     pub commands: mpsc::Sender<InboundCommand>,
     /// The current `P/status` payload (birth + health), kept fresh by the daemon.
@@ -206,8 +219,8 @@ pub struct UplinkChannels {
 /// Why a session ended.
 #[derive(Debug, Error)]
 enum SessionError {
-    #[error("{0}")]
-    Lost(String),
+    #[error("{}", .0.message)]
+    Lost(client::Lost),
     #[error("{0}; resyncing from the outbox")]
     Desync(#[from] correlator::Desync),
     #[error("outbox: {0}")]
@@ -243,6 +256,7 @@ pub async fn run(
     let budget = Arc::new(AtomicUsize::new(0));
     let mut current = 0usize;
     let mut last_error: Option<String> = None;
+    let mut unreachable;
     loop {
         let broker = &brokers[current % brokers.len()];
         let (end, connected_for) = session(
@@ -266,6 +280,7 @@ pub async fn run(
                 continue;
             }
             End::Failed(e) => {
+                unreachable = matches!(&e, SessionError::Lost(l) if l.unreachable);
                 let message = e.to_string();
                 if last_error.as_deref() != Some(message.as_str()) {
                     tracing::warn!(broker = %broker.authority(), error = %message, "MQTT connection lost or refused; buffering in the outbox and retrying");
@@ -285,10 +300,23 @@ pub async fn run(
         }
         let delay = backoff.next(connected_for, |lo, hi| fastrand::u64(lo..hi));
         let until = Instant::now() + delay;
+        // While waiting, a cheap TCP probe of the next broker about once a second: a broker
+        // that comes back is dialled at once instead of at the end of a long step (SPEC §7:
+        // reconnected within one backoff step). Jittered, so a fleet does not probe in step.
+        let next = &brokers[current % brokers.len()];
+        let mut probe_at = Instant::now() + Duration::from_millis(fastrand::u64(750..1250));
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => break,
+                _ = tokio::time::sleep_until(probe_at), if unreachable && probe_at < until => {
+                    if probe(next).await {
+                        break;
+                    }
+                    probe_at = Instant::now() + Duration::from_millis(fastrand::u64(750..1250));
+                }
                 _ = ch.shutdown.changed() => return,
+                // Rows committed while disconnected are read from SQLite after the reconnect.
+                Some(_) = ch.fresh.recv() => {}
                 msg = ch.live.recv() => match msg {
                     Some(msg) => count_dropped(&stats, msg.qos != QoS::AtMostOnce),
                     None => tokio::time::sleep_until(until).await,
@@ -348,6 +376,8 @@ struct Session<'a> {
     /// More rows may be waiting in SQLite.
     dirty: bool,
     acked: Vec<i64>,
+    /// When the oldest row in `acked` was acknowledged.
+    acked_since: Option<Instant>,
     too_large: Vec<(i64, i64, u64)>,
     connected: bool,
     connected_at: Option<Instant>,
@@ -424,6 +454,7 @@ async fn session(
         cursor: 0,
         dirty: true,
         acked: Vec::new(),
+        acked_since: None,
         too_large: Vec::new(),
         connected: false,
         connected_at: None,
@@ -455,6 +486,7 @@ async fn session(
             break End::Failed(e);
         }
         let resume_at = s.refusal.as_ref().and_then(|r| r.resume_at);
+        let flush_at = s.acked_since.map(|t| t + ACK_DELAY);
         tokio::select! {
             w = wire.recv() => {
                 // Handle everything already queued before pumping again: acks of a whole
@@ -484,7 +516,19 @@ async fn session(
                     break End::Failed(e);
                 }
             }
-            _ = ch.outbox_changed.notified() => s.dirty = true,
+            _ = tokio::time::sleep_until(flush_at.unwrap_or_else(|| Instant::now() + far)), if flush_at.is_some() => {
+                // The pump at the top of the loop deletes what waited ACK_DELAY.
+            }
+            _ = ch.outbox_changed.notified() => {
+                // Rows normally arrive on `fresh` too; read SQLite only if one went missing.
+                s.take_fresh(ch);
+            }
+            row = ch.fresh.recv() => {
+                if let Some(row) = row {
+                    s.on_fresh(row);
+                    s.take_fresh(ch);
+                }
+            }
             msg = ch.live.recv() => {
                 if let Some(msg) = msg {
                     if s.connected {
@@ -531,7 +575,8 @@ async fn session(
     (end, connected_for)
 }
 
-/// Whether the primary broker accepts TCP connections (2 s at most).
+/// Whether a broker accepts TCP connections (2 s at most); used to return to the primary and
+/// to cut a reconnect wait short.
 async fn probe(url: &MqttUrl) -> bool {
     let addr = (url.host.as_str(), url.port);
     matches!(
@@ -616,9 +661,40 @@ impl Session<'_> {
         }
     }
 
+    /// A committed row handed over by the core: queued when it is the next one expected and
+    /// nothing older is waiting in SQLite; otherwise SQLite has it and is read.
+    fn on_fresh(&mut self, row: OutboxRow) {
+        if !self.connected || self.refusal.is_some() {
+            self.dirty = true;
+        } else if row.seq < self.cursor {
+            // Already read from SQLite.
+        } else if !self.dirty && row.seq == self.cursor {
+            self.cursor = row.seq + 1;
+            self.queue.push_back(row);
+        } else {
+            self.dirty = true;
+        }
+    }
+
+    /// Drains the hand-off channel; if a committed row still was not seen (the channel was
+    /// full, or the commit dropped rows for the outbox bound), the outbox is read.
+    fn take_fresh(&mut self, ch: &mut UplinkChannels) {
+        while let Ok(row) = ch.fresh.try_recv() {
+            self.on_fresh(row);
+        }
+        if ch.committed.load(Ordering::Acquire) >= self.cursor {
+            self.dirty = true;
+        }
+    }
+
     /// Deletes acknowledged rows, reads more rows, and publishes while the window allows.
     async fn pump(&mut self, ch: &mut UplinkChannels) -> Result<(), SessionError> {
-        self.flush().await?;
+        let due = self.acked.len() >= ACK_BATCH
+            || self.acked_since.is_some_and(|t| t.elapsed() >= ACK_DELAY)
+            || !self.too_large.is_empty();
+        if due {
+            self.flush().await?;
+        }
         if !self.connected {
             return Ok(());
         }
@@ -702,6 +778,7 @@ impl Session<'_> {
             return Ok(());
         }
         let seqs = std::mem::take(&mut self.acked);
+        self.acked_since = None;
         let too_large = std::mem::take(&mut self.too_large);
         let reader = self.reader.clone();
         let n = seqs.len() as u64;
@@ -774,6 +851,7 @@ impl Session<'_> {
             Wire::Acked { pkid, reason } => match self.corr.acked(pkid, reason) {
                 Acked::Delivered(seq) => {
                     self.acked.push(seq);
+                    self.acked_since.get_or_insert_with(Instant::now);
                     if self.refusing > 0 && self.refusal.is_none() {
                         tracing::info!(
                             refused = self.refusing,
@@ -798,7 +876,7 @@ impl Session<'_> {
                 if lost.oversized_inbound {
                     self.stats.inbound_oversized.fetch_add(1, Ordering::Relaxed);
                 }
-                return Err(SessionError::Lost(lost.message));
+                return Err(SessionError::Lost(lost));
             }
         }
         Ok(())
@@ -918,6 +996,8 @@ impl Session<'_> {
                 Wire::Acked { pkid, reason } => {
                     if let Acked::Delivered(seq) = self.corr.acked(pkid, reason) {
                         self.acked.push(seq);
+                        self.acked_since.get_or_insert_with(Instant::now);
+                        self.acked_since.get_or_insert_with(Instant::now);
                     }
                 }
                 Wire::Written(pkid) if self.corr.written(pkid).is_err() => break,
