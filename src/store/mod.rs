@@ -578,11 +578,11 @@ impl Store {
                 health.execute(params![plc, at, serde_json::to_string(counters)?])?;
             }
         }
-        tx.execute(
+        tx.prepare_cached(
             "INSERT INTO meta (key, value) VALUES ('heartbeat_ms', ?1)
              ON CONFLICT(key) DO UPDATE SET value = ?1",
-            params![batch.heartbeat_ms.to_string()],
-        )?;
+        )?
+        .execute(params![batch.heartbeat_ms.to_string()])?;
         domain::save_memories(&tx, &batch.memories, batch.heartbeat_ms)?;
 
         // Bound the outbox (exact check only when the estimate says it may be over).
