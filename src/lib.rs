@@ -31,8 +31,8 @@ pub mod engine;
 pub mod notify;
 pub mod sim;
 pub mod status;
-pub mod top;
 pub mod store;
+pub mod top;
 pub mod uplink;
 
 /// Version string for `--version`: crate version, git commit, target triple, build profile.

@@ -370,9 +370,9 @@ fn top(path: &std::path::Path, plain: bool) -> ExitCode {
         }
     };
     let result = if plain || !std::io::stdout().is_terminal() {
-        runtime()
-            .map_err(std::io::Error::other)
-            .and_then(|rt| rt.block_on(ms5_edge::top::plain::run(&config, first, wait_for_signal())))
+        runtime().map_err(std::io::Error::other).and_then(|rt| {
+            rt.block_on(ms5_edge::top::plain::run(&config, first, wait_for_signal()))
+        })
     } else {
         let mut last = first;
         ms5_edge::top::term::run(

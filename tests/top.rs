@@ -36,8 +36,9 @@ fn with_e_stop(text: String, _: &Path) -> String {
 }
 
 fn andon_raised(m: &[Received]) -> bool {
-    m.iter()
-        .any(|r| !r.retain && r.payload["type"] == "ms5.andon.raised" && r.payload["equipment"] == BAGGER)
+    m.iter().any(|r| {
+        !r.retain && r.payload["type"] == "ms5.andon.raised" && r.payload["equipment"] == BAGGER
+    })
 }
 
 /// A tmux server of this test only (its own socket), killed on drop.
@@ -64,6 +65,7 @@ impl Tmux {
 
     fn cmd(&self, args: &[&str]) -> std::process::Output {
         Command::new("tmux")
+            .env_remove("TMUX")
             .arg("-S")
             .arg(&self.socket)
             .args(args)
@@ -76,7 +78,12 @@ impl Tmux {
     }
 
     /// Polls the screen until `cond` holds; panics with the last screen at the deadline.
-    async fn wait_screen(&self, what: &str, timeout: Duration, cond: impl Fn(&str) -> bool) -> String {
+    async fn wait_screen(
+        &self,
+        what: &str,
+        timeout: Duration,
+        cond: impl Fn(&str) -> bool,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.screen();
@@ -106,7 +113,11 @@ async fn wait_file(path: &Path, timeout: Duration) -> String {
                 return s;
             }
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {}", path.display());
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {}",
+            path.display()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -119,7 +130,10 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
         ..RigOptions::default()
     })
     .await;
-    assert!(rig.config_text.contains("E_STOP"), "the fault was added to the config");
+    assert!(
+        rig.config_text.contains("E_STOP"),
+        "the fault was added to the config"
+    );
     let _daemon = rig.spawn("daemon.log");
     rig.wait_state("running").await;
     rig.line.bagger.set_override(Override {
@@ -127,7 +141,9 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
         fault_words: Some(E_STOP_WORDS),
         ..Override::default()
     });
-    rig.sub.wait("the safety andon", Duration::from_secs(30), andon_raised).await;
+    rig.sub
+        .wait("the safety andon", Duration::from_secs(30), andon_raised)
+        .await;
 
     let tmux = Tmux::new(rig.dir.path());
     let exit = rig.dir.path().join("top.exit");
@@ -136,13 +152,33 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
         rig.config_path.display(),
         exit.display()
     );
-    let out = tmux.cmd(&["new-session", "-d", "-x", "80", "-y", "24", "-s", "top", &script]);
-    assert!(out.status.success(), "tmux new-session: {}", String::from_utf8_lossy(&out.stderr));
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "-s",
+        "top",
+        &script,
+    ]);
+    assert!(
+        out.status.success(),
+        "tmux new-session: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let screen = tmux
-        .wait_screen("the bagger faulted with its andon", Duration::from_secs(20), |s| {
-            s.contains("BP01.PACK.BAG1 Bagger 1") && s.contains("FAULTED") && s.contains("E_STOP")
-        })
+        .wait_screen(
+            "the bagger faulted with its andon",
+            Duration::from_secs(20),
+            |s| {
+                s.contains("BP01.PACK.BAG1 Bagger 1")
+                    && s.contains("FAULTED")
+                    && s.contains("E_STOP")
+            },
+        )
         .await;
     println!("the screen at 80x24:\n{screen}");
     let rows: Vec<&str> = screen.lines().collect();
@@ -159,7 +195,10 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
         assert!(bars.contains(label), "{label:?} bar in {bars:?}");
     }
     let andon = row("ANDON");
-    assert!(andon.contains("critical") && andon.contains("E_STOP Emergency stop pressed"), "{andon}");
+    assert!(
+        andon.contains("critical") && andon.contains("E_STOP Emergency stop pressed"),
+        "{andon}"
+    );
     assert!(row("BP01.PACK.BAG1.BL").contains("Basket Loader"));
     assert!(row("bagger ").contains("online"));
     assert!(row("outbox").contains("broker"));
@@ -204,15 +243,26 @@ async fn top_plain_prints_a_line_per_change_and_exits_0_on_sigint() {
     .await;
 
     // A change: the bagger stops. One new line says so; nothing repeats meanwhile.
-    rig.line.bagger.set_override(common::line::hold_running(false));
+    rig.line
+        .bagger
+        .set_override(common::line::hold_running(false));
     common::wait_for("the stop to be printed", Duration::from_secs(20), || {
         has("BP01.PACK.BAG1 state stopped")
     })
     .await;
     let printed = lines.lock().unwrap().clone();
-    let running = printed.iter().filter(|l| l.ends_with("BP01.PACK.BAG1 state running")).count();
-    assert_eq!(running, 1, "a line per change, not per second: {printed:#?}");
-    assert!(printed.iter().all(|l| l.starts_with("20")), "each line starts with its time: {printed:#?}");
+    let running = printed
+        .iter()
+        .filter(|l| l.ends_with("BP01.PACK.BAG1 state running"))
+        .count();
+    assert_eq!(
+        running, 1,
+        "a line per change, not per second: {printed:#?}"
+    );
+    assert!(
+        printed.iter().all(|l| l.starts_with("20")),
+        "each line starts with its time: {printed:#?}"
+    );
 
     unsafe_kill(top.id(), "INT");
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -220,7 +270,10 @@ async fn top_plain_prints_a_line_per_change_and_exits_0_on_sigint() {
         if let Some(s) = top.try_wait().expect("wait for top") {
             break s;
         }
-        assert!(Instant::now() < deadline, "top --plain did not exit on SIGINT");
+        assert!(
+            Instant::now() < deadline,
+            "top --plain did not exit on SIGINT"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "exit status {status:?}");
@@ -229,7 +282,12 @@ async fn top_plain_prints_a_line_per_change_and_exits_0_on_sigint() {
 #[test]
 fn top_without_a_database_says_so_and_exits_1() {
     let dir = tempfile::tempdir().unwrap();
-    let text = ms5_edge::demo::config_text(1502, 1503, &dir.path().join("data").display().to_string(), None);
+    let text = ms5_edge::demo::config_text(
+        1502,
+        1503,
+        &dir.path().join("data").display().to_string(),
+        None,
+    );
     let config = dir.path().join("ms5-edge.toml");
     std::fs::write(&config, text).unwrap();
     for plain in [true, false] {
@@ -241,7 +299,10 @@ fn top_without_a_database_says_so_and_exits_1() {
         let out = cmd.output().expect("run ms5-edge top");
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(err.contains("has the daemon ever run with this config?"), "{err}");
+        assert!(
+            err.contains("has the daemon ever run with this config?"),
+            "{err}"
+        );
         assert!(out.stdout.is_empty());
     }
 }

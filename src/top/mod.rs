@@ -366,10 +366,16 @@ pub(crate) mod tests {
         assert_eq!(bag.code, "BP01.PACK.BAG1");
         assert_eq!(bag.state, "faulted");
         assert_eq!(bag.since_ms, Some(NOW - 120_000));
-        assert_eq!(bag.downtime.as_ref().map(|d| d.reason_code.as_str()), Some("F_FILM"));
+        assert_eq!(
+            bag.downtime.as_ref().map(|d| d.reason_code.as_str()),
+            Some("F_FILM")
+        );
         assert_eq!(bag.andons.len(), 1);
         assert_eq!(bag.andons[0].raised_ms, Some(NOW - 60_000));
-        assert_eq!(bag.job.as_ref().map(|j| (j.actual, j.target)), Some((1250, Some(5000))));
+        assert_eq!(
+            bag.job.as_ref().map(|j| (j.actual, j.target)),
+            Some((1250, Some(5000)))
+        );
         assert_eq!(bag.figures[0].value, Some(0.72));
         assert_eq!(bag.figures[3].target, Some(0.85));
         assert_eq!(v.heartbeat_age_s, Some(0.5));

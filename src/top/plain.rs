@@ -34,11 +34,18 @@ pub fn facts(v: &View) -> Facts {
     }
     for e in &v.equipment {
         let c = &e.code;
-        put(format!("{c} state"), format!("{c} state {}", e.state), String::new());
+        put(
+            format!("{c} state"),
+            format!("{c} state {}", e.state),
+            String::new(),
+        );
         if let Some(d) = &e.downtime {
             put(
                 format!("{c} downtime"),
-                format!("{c} downtime {} {} [{}]", d.reason_code, d.reason, d.category),
+                format!(
+                    "{c} downtime {} {} [{}]",
+                    d.reason_code, d.reason, d.category
+                ),
                 format!("{c} downtime ended"),
             );
         }
@@ -67,7 +74,11 @@ pub fn facts(v: &View) -> Facts {
     }
     for p in &v.plcs {
         let link = if p.online { "online" } else { "OFFLINE" };
-        put(format!("plc {}", p.name), format!("plc {} {link}", p.name), String::new());
+        put(
+            format!("plc {}", p.name),
+            format!("plc {} {link}", p.name),
+            String::new(),
+        );
     }
     f
 }
@@ -148,7 +159,10 @@ mod tests {
     #[test]
     fn the_first_view_prints_every_fact() {
         let lines = changes(None, &facts(&view()), "T");
-        assert!(lines.contains(&"T BP01.PACK.BAG1 state faulted".to_string()), "{lines:?}");
+        assert!(
+            lines.contains(&"T BP01.PACK.BAG1 state faulted".to_string()),
+            "{lines:?}"
+        );
         assert!(lines.contains(&"T BP01.PACK.BAG1 andon L2 high F_FILM Film break".to_string()));
         assert!(lines.contains(&"T plc loader OFFLINE".to_string()));
         assert!(lines.contains(&"T daemon running".to_string()));

@@ -48,12 +48,20 @@ fn priority_style(priority: &str) -> Style {
 /// `A ######|--- 72%`: filled cells for the value, `|` at the target, coloured green at or
 /// above the target, yellow within 10 points of it, red below.
 pub fn bar(f: &Figure) -> Vec<Span<'static>> {
-    let label = Span::styled(format!("{:<3} ", f.label), Style::new().add_modifier(Modifier::BOLD));
+    let label = Span::styled(
+        format!("{:<3} ", f.label),
+        Style::new().add_modifier(Modifier::BOLD),
+    );
     let Some(v) = f.value else {
-        return vec![label, Span::styled(format!("{} {:>4}", "-".repeat(BAR), "--"), dim())];
+        return vec![
+            label,
+            Span::styled(format!("{} {:>4}", "-".repeat(BAR), "--"), dim()),
+        ];
     };
     let filled = ((v.clamp(0.0, 1.0) * BAR as f64).round() as usize).min(BAR);
-    let tick = f.target.map(|t| ((t.clamp(0.0, 1.0) * BAR as f64).round() as usize).clamp(1, BAR) - 1);
+    let tick = f
+        .target
+        .map(|t| ((t.clamp(0.0, 1.0) * BAR as f64).round() as usize).clamp(1, BAR) - 1);
     let colour = match f.target {
         Some(t) if v + 1e-9 >= t => Color::Green,
         Some(t) if v + 0.1 >= t => Color::Yellow,
@@ -73,14 +81,23 @@ pub fn bar(f: &Figure) -> Vec<Span<'static>> {
     vec![
         label,
         Span::styled(cells, Style::new().fg(colour)),
-        Span::styled(format!(" {:>3}%", (v * 100.0).round() as i64), Style::new().fg(colour)),
+        Span::styled(
+            format!(" {:>3}%", (v * 100.0).round() as i64),
+            Style::new().fg(colour),
+        ),
     ]
 }
 
 fn equipment_lines(v: &View, e: &EquipmentView, out: &mut Vec<Line<'static>>) {
     let since = e
         .since_ms
-        .map(|s| format!("  since {} ({})", v.clock(s), duration((v.now_ms - s) as f64 / 1000.0)))
+        .map(|s| {
+            format!(
+                "  since {} ({})",
+                v.clock(s),
+                duration((v.now_ms - s) as f64 / 1000.0)
+            )
+        })
         .unwrap_or_default();
     out.push(Line::from(vec![
         Span::styled(e.code.clone(), bold(Color::White)),
@@ -123,7 +140,10 @@ fn equipment_lines(v: &View, e: &EquipmentView, out: &mut Vec<Line<'static>>) {
             .unwrap_or_else(|| "  UNACKNOWLEDGED".into());
         out.push(Line::from(vec![
             Span::raw(" "),
-            Span::styled(format!("ANDON L{} {}", a.level, a.priority), priority_style(&a.priority)),
+            Span::styled(
+                format!("ANDON L{} {}", a.level, a.priority),
+                priority_style(&a.priority),
+            ),
             Span::raw(format!(" {} {} {age}{ack}", a.reason_code, a.description)),
         ]));
     }
@@ -146,7 +166,12 @@ fn equipment_lines(v: &View, e: &EquipmentView, out: &mut Vec<Line<'static>>) {
             };
             out.push(Line::from(vec![
                 Span::raw(format!(" job {}", j.job_id)),
-                Span::raw(j.product.as_ref().map(|p| format!(" {p}")).unwrap_or_default()),
+                Span::raw(
+                    j.product
+                        .as_ref()
+                        .map(|p| format!(" {p}"))
+                        .unwrap_or_default(),
+                ),
                 Span::styled(format!("  {progress}"), bold(Color::Cyan)),
                 Span::styled(shift, dim()),
             ]));
@@ -172,7 +197,10 @@ pub fn lines(v: &View, height: u16) -> Vec<Line<'static>> {
         .map(|a| format!(" (heartbeat {a:.1}s ago)"))
         .unwrap_or_else(|| " (no heartbeat)".into());
     out.push(Line::from(vec![
-        Span::styled("ms5-edge top ", Style::new().add_modifier(Modifier::REVERSED)),
+        Span::styled(
+            "ms5-edge top ",
+            Style::new().add_modifier(Modifier::REVERSED),
+        ),
         Span::raw(format!(" {}  daemon ", v.gateway)),
         daemon,
         Span::raw(heartbeat),
@@ -192,8 +220,14 @@ pub fn lines(v: &View, height: u16) -> Vec<Line<'static>> {
         outbox_style,
     )];
     match &v.broker {
-        Some((b, true)) => second.push(Span::styled(format!("  broker {b} connected"), Style::new().fg(Color::Green))),
-        Some((b, false)) => second.push(Span::styled(format!("  broker {b} DISCONNECTED"), bold(Color::Red))),
+        Some((b, true)) => second.push(Span::styled(
+            format!("  broker {b} connected"),
+            Style::new().fg(Color::Green),
+        )),
+        Some((b, false)) => second.push(Span::styled(
+            format!("  broker {b} DISCONNECTED"),
+            bold(Color::Red),
+        )),
         None => second.push(Span::styled("  no broker", dim())),
     }
     out.push(Line::from(second));
@@ -201,7 +235,10 @@ pub fn lines(v: &View, height: u16) -> Vec<Line<'static>> {
         equipment_lines(v, e, &mut out);
     }
     out.push(Line::styled(
-        format!("{:<12} {:<8} {:>9} {:>7} {:>9}  last error", "plc", "link", "polls", "failed", "late p99"),
+        format!(
+            "{:<12} {:<8} {:>9} {:>7} {:>9}  last error",
+            "plc", "link", "polls", "failed", "late p99"
+        ),
         Style::new().add_modifier(Modifier::BOLD | Modifier::UNDERLINED),
     ));
     for p in &v.plcs {
@@ -272,19 +309,26 @@ mod tests {
         let s = screen(&view(), 80, 24);
         println!("{}", s.join("\n"));
         let bag = row_with(&s, "BP01.PACK.BAG1 Bagger 1");
-        assert!(bag.contains("FAULTED") && bag.contains("since 21:24:40 (2m00s)"), "{bag}");
+        assert!(
+            bag.contains("FAULTED") && bag.contains("since 21:24:40 (2m00s)"),
+            "{bag}"
+        );
         let bars = row_with(&s, "OEE");
         assert!(bars.contains("A   #######-|-  72%"), "{bars}");
         assert!(bars.contains("P   #########|  95%"), "{bars}");
         assert!(bars.contains("OEE #######-|-  68%"), "{bars}");
         assert!(row_with(&s, "DOWN").contains("F_FILM Film break [unplanned] 2m00s"));
         let andon = row_with(&s, "ANDON");
-        assert!(andon.contains("ANDON L2 high F_FILM Film break 1m00s  UNACKNOWLEDGED"), "{andon}");
+        assert!(
+            andon.contains("ANDON L2 high F_FILM Film break 1m00s  UNACKNOWLEDGED"),
+            "{andon}"
+        );
         assert!(row_with(&s, "job J-100").contains("1250/5000 (25%)  shift B"));
         assert!(row_with(&s, "BP01.PACK.BAG1.BL").contains("RUNNING"));
         assert!(row_with(&s, "loader").contains("OFFLINE"));
         assert!(row_with(&s, "bagger ").contains("0.8ms"));
-        assert!(row_with(&s, "outbox").contains("outbox 42 msg, oldest 12s  broker 127.0.0.1:1883 connected"));
+        assert!(row_with(&s, "outbox")
+            .contains("outbox 42 msg, oldest 12s  broker 127.0.0.1:1883 connected"));
         assert!(row_with(&s, "21:25:40").contains("andon high L2 F_FILM"));
         assert!(s[0].contains("daemon running"), "{}", s[0]);
     }
@@ -317,13 +361,25 @@ mod tests {
     #[test]
     fn bars_are_green_at_target_yellow_near_it_and_red_below() {
         let fg = |value, target| {
-            let f = Figure { label: "A", value: Some(value), target: Some(target) };
+            let f = Figure {
+                label: "A",
+                value: Some(value),
+                target: Some(target),
+            };
             bar(&f)[1].style.fg
         };
         assert_eq!(fg(0.95, 0.95), Some(Color::Green));
         assert_eq!(fg(0.90, 0.95), Some(Color::Yellow));
         assert_eq!(fg(0.50, 0.95), Some(Color::Red));
-        let unknown = bar(&Figure { label: "Q", value: None, target: Some(0.9) });
-        assert!(unknown.iter().map(|s| s.content.as_ref()).collect::<String>().contains("----------   --"));
+        let unknown = bar(&Figure {
+            label: "Q",
+            value: None,
+            target: Some(0.9),
+        });
+        assert!(unknown
+            .iter()
+            .map(|s| s.content.as_ref())
+            .collect::<String>()
+            .contains("----------   --"));
     }
 }

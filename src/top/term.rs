@@ -85,7 +85,9 @@ pub fn run(mut source: impl FnMut() -> View, stop: impl Fn() -> bool) -> io::Res
         if stop() {
             return Ok(());
         }
-        let wait = next.saturating_duration_since(Instant::now()).min(STOP_CHECK);
+        let wait = next
+            .saturating_duration_since(Instant::now())
+            .min(STOP_CHECK);
         if event::poll(wait)? {
             match event::read()? {
                 Event::Key(k) if quits(&k) => return Ok(()),
