@@ -374,17 +374,28 @@ fn top(path: &std::path::Path, plain: bool) -> ExitCode {
             rt.block_on(ms5_edge::top::plain::run(&config, first, wait_for_signal()))
         })
     } else {
-        let mut last = first;
-        ms5_edge::top::term::run(
-            || {
-                match ms5_edge::top::read(&config, now()) {
-                    Ok(v) => last = v,
-                    Err(e) => last.banner = Some(format!("cannot read the database: {e}")),
-                }
-                last.clone()
-            },
-            || false,
-        )
+        // Raw mode makes Ctrl-C a key; SIGINT/SIGTERM from elsewhere (kill, a closed SSH
+        // session) still restore the terminal and exit 0, through this flag.
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let signalled = std::sync::Arc::new(AtomicBool::new(false));
+        runtime().map_err(std::io::Error::other).and_then(|rt| {
+            let flag = signalled.clone();
+            rt.spawn(async move {
+                wait_for_signal().await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            let mut last = first;
+            ms5_edge::top::term::run(
+                || {
+                    match ms5_edge::top::read(&config, now()) {
+                        Ok(v) => last = v,
+                        Err(e) => last.banner = Some(format!("cannot read the database: {e}")),
+                    }
+                    last.clone()
+                },
+                || signalled.load(Ordering::Relaxed),
+            )
+        })
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
