@@ -353,6 +353,7 @@ fn status(path: &std::path::Path, json: bool) -> ExitCode {
 /// SIGINT. Exit 0 on `q`/Ctrl-C/SIGINT; 1 when there is no database or the terminal fails.
 fn top(path: &std::path::Path, plain: bool) -> ExitCode {
     use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
     let loaded = match config::load_file(path) {
         Ok(l) => l,
         Err(errors) => {
@@ -361,6 +362,27 @@ fn top(path: &std::path::Path, plain: bool) -> ExitCode {
         }
     };
     let config = loaded.config;
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ms5-edge top: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    // Handlers first, so a SIGINT/SIGTERM at any moment from here on ends `top` cleanly
+    // (exit 0, terminal restored) instead of killing it. SIGHUP is ignored.
+    let signals = {
+        let _in_runtime = rt.enter();
+        Signals::install()
+    };
+    let shutdown = async move {
+        match signals {
+            Some(mut s) => while let Signal::Reload = s.next().await {},
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
     let now = || ms5_edge::clock::Clock::system().now_ms();
     let first = match ms5_edge::top::read(&config, now()) {
         Ok(v) => v,
@@ -370,32 +392,27 @@ fn top(path: &std::path::Path, plain: bool) -> ExitCode {
         }
     };
     let result = if plain || !std::io::stdout().is_terminal() {
-        runtime().map_err(std::io::Error::other).and_then(|rt| {
-            rt.block_on(ms5_edge::top::plain::run(&config, first, wait_for_signal()))
-        })
+        rt.block_on(ms5_edge::top::plain::run(&config, first, shutdown))
     } else {
-        // Raw mode makes Ctrl-C a key; SIGINT/SIGTERM from elsewhere (kill, a closed SSH
-        // session) still restore the terminal and exit 0, through this flag.
-        use std::sync::atomic::{AtomicBool, Ordering};
+        // Raw mode makes Ctrl-C a key; a signal from elsewhere (kill, a closed SSH session)
+        // reaches the screen loop through this flag.
         let signalled = std::sync::Arc::new(AtomicBool::new(false));
-        runtime().map_err(std::io::Error::other).and_then(|rt| {
-            let flag = signalled.clone();
-            rt.spawn(async move {
-                wait_for_signal().await;
-                flag.store(true, Ordering::Relaxed);
-            });
-            let mut last = first;
-            ms5_edge::top::term::run(
-                || {
-                    match ms5_edge::top::read(&config, now()) {
-                        Ok(v) => last = v,
-                        Err(e) => last.banner = Some(format!("cannot read the database: {e}")),
-                    }
-                    last.clone()
-                },
-                || signalled.load(Ordering::Relaxed),
-            )
-        })
+        let flag = signalled.clone();
+        rt.spawn(async move {
+            shutdown.await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        let mut last = first;
+        ms5_edge::top::term::run(
+            || {
+                match ms5_edge::top::read(&config, now()) {
+                    Ok(v) => last = v,
+                    Err(e) => last.banner = Some(format!("cannot read the database: {e}")),
+                }
+                last.clone()
+            },
+            || signalled.load(Ordering::Relaxed),
+        )
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -73,20 +73,23 @@ impl Tmux {
             .expect("run tmux")
     }
 
-    fn screen(&self) -> String {
-        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    /// What session `target` shows now.
+    fn screen(&self, target: &str) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", target]).stdout)
+            .into_owned()
     }
 
     /// Polls the screen until `cond` holds; panics with the last screen at the deadline.
     async fn wait_screen(
         &self,
+        target: &str,
         what: &str,
         timeout: Duration,
         cond: impl Fn(&str) -> bool,
     ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            let s = self.screen();
+            let s = self.screen(target);
             if cond(&s) {
                 return s;
             }
@@ -171,6 +174,7 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
 
     let screen = tmux
         .wait_screen(
+            "top",
             "the bagger faulted with its andon",
             Duration::from_secs(20),
             |s| {
@@ -208,6 +212,60 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
     assert!(out.status.success());
     let code = wait_file(&exit, Duration::from_secs(10)).await;
     assert_eq!(code.trim(), "0", "top's exit status after q");
+
+    // SIGTERM from elsewhere (a closed SSH session, `kill`) on the full screen: exit 0 too.
+    let exit = rig.dir.path().join("top2.exit");
+    let script = format!(
+        "{BIN} top -c '{}'; echo $? > '{}'",
+        rig.config_path.display(),
+        exit.display()
+    );
+    let out = tmux.cmd(&[
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "-s",
+        "top2",
+        &script,
+    ]);
+    assert!(out.status.success());
+    // Signalled once it draws (before the exec a signal would hit the forked shell).
+    tmux.wait_screen("top2", "the second top", Duration::from_secs(20), |s| {
+        s.contains("daemon running")
+    })
+    .await;
+    let shell = String::from_utf8_lossy(
+        &tmux
+            .cmd(&["display", "-p", "-t", "top2", "#{pane_pid}"])
+            .stdout,
+    )
+    .trim()
+    .to_string();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        // The pane's shell runs `top` as its child (looked up by parent, not by name).
+        let out = Command::new("pgrep")
+            .args(["-P", &shell])
+            .output()
+            .expect("pgrep");
+        if let Some(p) = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+        {
+            break p.parse::<u32>().expect("a pid");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no top under the pane's shell {shell}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    unsafe_kill(pid, "TERM");
+    let code = wait_file(&exit, Duration::from_secs(10)).await;
+    assert_eq!(code.trim(), "0", "top's exit status after SIGTERM");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
