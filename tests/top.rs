@@ -208,6 +208,30 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
     assert!(row("outbox").contains("broker"));
     assert!(screen.contains("daemon running"), "{screen}");
 
+    // Resize-safe: shrunk to 40×10 it redraws clipped (the PLC table no longer fits), and
+    // back at 80×24 it shows everything again.
+    for (w, h, shown, hidden) in [
+        ("40", "10", "ms5-edge top", "late p99"),
+        ("80", "24", "late p99", ""),
+    ] {
+        let out = tmux.cmd(&["resize-window", "-t", "top", "-x", w, "-y", h]);
+        assert!(
+            out.status.success(),
+            "resize: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = tmux
+            .wait_screen(
+                "top",
+                &format!("the screen at {w}x{h}"),
+                Duration::from_secs(10),
+                |s| s.contains(shown) && (hidden.is_empty() || !s.contains(hidden)),
+            )
+            .await;
+        let width: usize = w.parse().unwrap_or(80);
+        assert!(s.lines().all(|l| l.chars().count() <= width), "{s}");
+    }
+
     let out = tmux.cmd(&["send-keys", "-t", "top", "q"]);
     assert!(out.status.success());
     let code = wait_file(&exit, Duration::from_secs(10)).await;
