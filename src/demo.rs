@@ -82,16 +82,35 @@ pub async fn run(
         });
         (tx, rx)
     };
-    let daemon = tokio::spawn(daemon::run(config.clone(), shutdown.clone(), observers));
+    let daemon = tokio::spawn(daemon::run(
+        config.clone(),
+        shutdown.clone(),
+        observers.clone(),
+    ));
 
     let screen = if !plain && std::io::stdout().is_terminal() {
         // The same screen as `ms5-edge top`, read from the demo's database each second; `q`
         // or Ctrl-C on it stops the demo (raw mode turns Ctrl-C into a key).
         let stopped = shutdown.clone();
         let quit = stop.clone();
-        let banner = match mqtt {
-            Some(url) => format!("ms5-edge demo: line BP01 on simulated PLCs, forwarding to {url}"),
-            None => "ms5-edge demo: line BP01 on simulated PLCs, no broker (outbox fills)".into(),
+        let mqtt = mqtt.map(str::to_string);
+        // The uplink's live counters (the database holds only its last saved state).
+        let uplink = observers.uplink.clone();
+        let banner = move || match &mqtt {
+            Some(url) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                format!(
+                    "demo, simulated PLCs → {url}: {} pub {} ack {}",
+                    if uplink.connected.load(Relaxed) {
+                        "up"
+                    } else {
+                        "DOWN"
+                    },
+                    uplink.published.load(Relaxed),
+                    uplink.acknowledged.load(Relaxed)
+                )
+            }
+            None => "demo: line BP01 on simulated PLCs, no broker (q or Ctrl-C stops)".into(),
         };
         let config = config.clone();
         Some(tokio::task::spawn_blocking(move || {
@@ -101,7 +120,7 @@ pub async fn run(
                     let mut v = top::read(&config, now).unwrap_or_else(|_| {
                         top::View::from_status(&config, &serde_json::Value::Null, vec![], now)
                     });
-                    v.banner = Some(banner.clone());
+                    v.banner = Some(banner());
                     v
                 },
                 || *stopped.borrow(),
