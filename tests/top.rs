@@ -207,6 +207,10 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
     assert!(row("bagger ").contains("online"));
     assert!(row("outbox").contains("broker"));
     assert!(screen.contains("daemon running"), "{screen}");
+    // Recent events come from the domain tables (the outbox is drained by the uplink).
+    assert!(row("recent events").starts_with("recent events"));
+    assert!(row("andon critical L1 E_STOP").contains(BAGGER), "{screen}");
+    assert!(row("state faulted").contains(BAGGER), "{screen}");
 
     // Resize-safe: shrunk to 40×10 it redraws clipped (the PLC table no longer fits), and
     // back at 80×24 it shows everything again.
