@@ -1,19 +1,21 @@
 //! `ms5-edge demo`: the real pipeline against simulated PLCs, on one machine, with nothing
 //! installed. Two Modbus TCP simulators (Bagger 1, Basket Loader 1) listen on free loopback
 //! ports; the daemon polls them with the embedded `demo.toml`, keeps its database in a
-//! temporary directory and forwards to `--mqtt URL` when given.
+//! temporary directory and forwards to `--mqtt URL` when given. Its screen is `top`'s
+//! ([`crate::top`]), read from that database: states, shift OEE against targets, open downtime
+//! and andons, jobs, PLC counters, the outbox and recent events (SPEC §1).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::Duration;
 
 use thiserror::Error;
 use tokio::sync::watch;
 
-use crate::clock::rfc3339_ms;
+use crate::clock::Clock;
 use crate::config::{self, ConfigErrors};
 use crate::daemon::{self, DaemonError, Observers};
 use crate::sim::{self, Machine};
+use crate::top;
 
 /// The demo's config template.
 pub const DEMO_TOML: &str = include_str!("demo.toml");
@@ -47,10 +49,12 @@ pub fn config_text(
         .replace("{LOADER_PORT}", &loader_port.to_string())
 }
 
-/// Runs until `shutdown`; `plain` prints one line per event instead of redrawing.
+/// Runs until `external` becomes true (or `q` on the screen). On a terminal it shows the
+/// [`top`] screen of its own database; with `plain` (or without a terminal) it prints one
+/// line per committed event instead.
 pub async fn run(
     mqtt: Option<&str>,
-    shutdown: watch::Receiver<bool>,
+    external: watch::Receiver<bool>,
     plain: bool,
 ) -> Result<(), DemoError> {
     let loopback = SocketAddr::from((Ipv4Addr::LOCALHOST, 0));
@@ -67,94 +71,91 @@ pub async fn run(
     let config = loaded.config;
     let observers = Observers::default();
     let mut view_rx = observers.view.subscribe();
-    let uplink = observers.uplink.clone();
-    let daemon = tokio::spawn(daemon::run(config.clone(), shutdown.clone(), observers));
+    // The demo stops on the caller's `shutdown` or on `q` on the screen.
+    let (stop, shutdown) = {
+        let (tx, rx) = watch::channel(*external.borrow());
+        let forward = tx.clone();
+        let mut external = external.clone();
+        tokio::spawn(async move {
+            let _ = external.wait_for(|s| *s).await;
+            let _ = forward.send(true);
+        });
+        (tx, rx)
+    };
+    let daemon = tokio::spawn(daemon::run(
+        config.clone(),
+        shutdown.clone(),
+        observers.clone(),
+    ));
 
-    let mut out = std::io::stdout();
-    let mut shown = 0usize;
-    let mut shutdown_rx = shutdown.clone();
-    let mut redraw = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = redraw.tick() => {}
-            _ = shutdown_rx.changed() => break,
-            r = view_rx.changed() => if r.is_err() { break },
-        }
-        let v = view_rx.borrow_and_update().clone();
-        if plain {
+    let screen = if !plain && std::io::stdout().is_terminal() {
+        // The same screen as `ms5-edge top`, read from the demo's database each second; `q`
+        // or Ctrl-C on it stops the demo (raw mode turns Ctrl-C into a key).
+        let stopped = shutdown.clone();
+        let quit = stop.clone();
+        let mqtt = mqtt.map(str::to_string);
+        // The uplink's live counters (the database holds only its last saved state).
+        let uplink = observers.uplink.clone();
+        let banner = move || match &mqtt {
+            Some(url) => {
+                use std::sync::atomic::Ordering::Relaxed;
+                format!(
+                    "demo, simulated PLCs → {url}: {} pub {} ack {}",
+                    if uplink.connected.load(Relaxed) {
+                        "up"
+                    } else {
+                        "DOWN"
+                    },
+                    uplink.published.load(Relaxed),
+                    uplink.acknowledged.load(Relaxed)
+                )
+            }
+            None => "demo: line BP01 on simulated PLCs, no broker (q or Ctrl-C stops)".into(),
+        };
+        let config = config.clone();
+        Some(tokio::task::spawn_blocking(move || {
+            let result = top::term::run(
+                || {
+                    let now = Clock::system().now_ms();
+                    let mut v = top::read(&config, now).unwrap_or_else(|_| {
+                        top::View::from_status(&config, &serde_json::Value::Null, vec![], now)
+                    });
+                    v.banner = Some(banner());
+                    v
+                },
+                || *stopped.borrow(),
+            );
+            let _ = quit.send(true);
+            result
+        }))
+    } else {
+        None
+    };
+    if screen.is_none() {
+        // `--plain` (or no terminal): one line per committed event, as the daemon journals it.
+        let mut out = std::io::stdout();
+        let mut shown = 0usize;
+        let mut shutdown_rx = shutdown.clone();
+        loop {
+            tokio::select! {
+                _ = shutdown_rx.changed() => break,
+                r = view_rx.changed() => if r.is_err() { break },
+            }
+            let v = view_rx.borrow_and_update().clone();
             for line in v.recent.iter().skip(shown.min(v.recent.len())) {
                 let _ = writeln!(out, "{line}");
             }
             shown = v.recent.len();
-            continue;
         }
-        let mut s = String::from("\x1b[2J\x1b[H");
-        s.push_str("ms5-edge demo — line BP01 on simulated PLCs (Ctrl-C to stop)\n");
-        s.push_str(&format!(
-            "database: {}  stream {}\n",
-            dir.display(),
-            v.stream
-        ));
-        match mqtt {
-            Some(url) => s.push_str(&format!(
-                "broker {url}: {}  published {}  acknowledged {}\n\n",
-                if uplink.connected.load(std::sync::atomic::Ordering::Relaxed) {
-                    "connected"
-                } else {
-                    "DISCONNECTED (buffering)"
-                },
-                uplink.published.load(std::sync::atomic::Ordering::Relaxed),
-                uplink
-                    .acknowledged
-                    .load(std::sync::atomic::Ordering::Relaxed),
-            )),
-            None => s.push_str(&format!(
-                "no broker: outbox holds {} event(s) (last seq {})\n\n",
-                v.last_seq, v.last_seq
-            )),
-        }
-        s.push_str(&format!(
-            "{:<20} {:<16} {:<14} since\n",
-            "equipment", "name", "state"
-        ));
-        for m in &v.machines {
-            let name = config
-                .equipment
-                .iter()
-                .find(|e| e.code == m.equipment)
-                .map(|e| e.name.as_str())
-                .unwrap_or("");
-            s.push_str(&format!(
-                "{:<20} {:<16} {:<14} {}\n",
-                m.equipment,
-                name,
-                m.state.as_str(),
-                rfc3339_ms(m.since_ms)
-            ));
-        }
-        s.push_str(&format!(
-            "\n{:<8} {:>7} {:>7} {:>8} {:>9}  error\n",
-            "plc", "polls", "failed", "skipped", "late(us)"
-        ));
-        for (name, c) in &v.plcs {
-            s.push_str(&format!(
-                "{:<8} {:>7} {:>7} {:>8} {:>9}  {}\n",
-                name,
-                c.polls,
-                c.failed_polls,
-                c.skipped_ticks,
-                c.last_lateness_us,
-                c.last_error.as_deref().unwrap_or("-")
-            ));
-        }
-        s.push_str("\nrecent events:\n");
-        for line in v.recent.iter().rev().take(12) {
-            s.push_str(&format!("  {line}\n"));
-        }
-        let _ = out.write_all(s.as_bytes());
-        let _ = out.flush();
     }
     let result = daemon.await.map_err(|e| DaemonError::Core(e.to_string()))?;
+    if let Some(screen) = screen {
+        // The daemon stopped, so `shutdown` is set and the screen has returned (or will within
+        // a quarter second); a terminal error is reported, the demo still stopped cleanly.
+        if let Ok(Err(e)) = screen.await {
+            eprintln!("ms5-edge demo: terminal: {e}");
+        }
+    }
     bagger.shutdown().await;
     loader.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

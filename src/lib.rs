@@ -19,6 +19,7 @@
 //! - [`daemon`]: wires the pieces together; `run(config, shutdown)` is what the tests call;
 //!   `run_with_reload` adds SIGHUP reloads for `ms5-edge run`.
 //! - [`notify`]: systemd readiness, status lines and a watchdog that fires when a poll loop stalls.
+//! - [`top`]: the live full-screen view of the running daemon (and of `demo`), read-only.
 //! - [`sim`]: Modbus TCP simulators of Bagger 1 and Basket Loader 1 for `demo` and tests.
 //! - [`clock`]: the only place clocks are read.
 
@@ -34,6 +35,7 @@ pub mod sample;
 pub mod sim;
 pub mod status;
 pub mod store;
+pub mod top;
 pub mod uplink;
 
 /// Version string for `--version`: crate version, git commit, target triple, build profile.

@@ -40,6 +40,15 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live full-screen view of the running daemon (reads its database read-only);
+    /// `q` or Ctrl-C quits.
+    Top {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// A line per change instead of the screen (also when stdout is not a terminal).
+        #[arg(long)]
+        plain: bool,
+    },
     /// Sign a command body for a gateway with `[commands] key_file` (SPEC §7); prints the
     /// body to publish.
     Sign {
@@ -75,7 +84,7 @@ fn main() -> ExitCode {
     }
     let Some(command) = cli.command else {
         eprintln!(
-            "ms5-edge: a command is required (run, check-config, status, sign, demo); see --help"
+            "ms5-edge: a command is required (run, check-config, status, top, sign, demo); see --help"
         );
         return ExitCode::from(2);
     };
@@ -86,6 +95,7 @@ fn main() -> ExitCode {
             run(&config)
         }
         Command::Status { config, json } => status(&config, json),
+        Command::Top { config, plain } => top(&config, plain),
         Command::Sign {
             key_file,
             topic,
@@ -334,6 +344,80 @@ fn status(path: &std::path::Path, json: bool) -> ExitCode {
         }
         Err(e) => {
             eprintln!("ms5-edge status: {e} (has the daemon ever run with this config?)");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// `ms5-edge top`: the screen on a terminal, else (or with `--plain`) a line per change until
+/// SIGINT. Exit 0 on `q`/Ctrl-C/SIGINT; 1 when there is no database or the terminal fails.
+fn top(path: &std::path::Path, plain: bool) -> ExitCode {
+    use std::io::IsTerminal;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let loaded = match config::load_file(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::from(2);
+        }
+    };
+    let config = loaded.config;
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ms5-edge top: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    // Handlers first, so a SIGINT/SIGTERM at any moment from here on ends `top` cleanly
+    // (exit 0, terminal restored) instead of killing it. SIGHUP is ignored.
+    let signals = {
+        let _in_runtime = rt.enter();
+        Signals::install()
+    };
+    let shutdown = async move {
+        match signals {
+            Some(mut s) => while let Signal::Reload = s.next().await {},
+            None => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    };
+    let now = || ms5_edge::clock::Clock::system().now_ms();
+    let first = match ms5_edge::top::read(&config, now()) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("ms5-edge top: {e} (has the daemon ever run with this config?)");
+            return ExitCode::from(1);
+        }
+    };
+    let result = if plain || !std::io::stdout().is_terminal() {
+        rt.block_on(ms5_edge::top::plain::run(&config, first, shutdown))
+    } else {
+        // Raw mode makes Ctrl-C a key; a signal from elsewhere (kill, a closed SSH session)
+        // reaches the screen loop through this flag.
+        let signalled = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = signalled.clone();
+        rt.spawn(async move {
+            shutdown.await;
+            flag.store(true, Ordering::Relaxed);
+        });
+        let mut last = first;
+        ms5_edge::top::term::run(
+            || {
+                match ms5_edge::top::read(&config, now()) {
+                    Ok(v) => last = v,
+                    Err(e) => last.banner = Some(format!("cannot read the database: {e}")),
+                }
+                last.clone()
+            },
+            || signalled.load(Ordering::Relaxed),
+        )
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ms5-edge top: terminal: {e}");
             ExitCode::from(1)
         }
     }

@@ -379,6 +379,38 @@ impl super::ReadOnly {
             load_minutes(&self.conn, code, minutes_since_ms)?,
         ))
     }
+
+    /// The newest `limit` domain happenings at or after `since_ms`, newest first, as
+    /// `(at_ms, equipment, what)` (for `top`): state changes, downtime start/end, andon
+    /// raise/acknowledge/resolve, job events. Read from the domain tables, not the outbox
+    /// (which the uplink drains).
+    pub fn recent_events(
+        &self,
+        since_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT at, equipment, what FROM (
+               SELECT start_ms AS at, equipment, 'state ' || state AS what FROM state_intervals
+               UNION ALL SELECT started_ms, equipment, 'downtime ' || reason_code || ' ' || reason
+                 FROM downtimes
+               UNION ALL SELECT ended_ms, equipment, 'downtime ended ' || reason_code
+                 FROM downtimes WHERE ended_ms IS NOT NULL
+               UNION ALL SELECT raised_ms, equipment,
+                 'andon ' || priority || ' L' || level || ' ' || reason_code FROM andons
+               UNION ALL SELECT acknowledged_ms, equipment, 'andon acknowledged ' || reason_code
+                 || ' by ' || coalesce(acknowledged_by, '?') FROM andons
+                 WHERE acknowledged_ms IS NOT NULL
+               UNION ALL SELECT resolved_ms, equipment, 'andon resolved ' || reason_code
+                 FROM andons WHERE resolved_ms IS NOT NULL
+               UNION ALL SELECT at_ms, equipment, 'job ' || event || ' ' || job_id FROM jobs
+             ) WHERE at >= ?1 ORDER BY at DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![since_ms, limit as i64], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
 }
 
 #[cfg(test)]
