@@ -400,10 +400,16 @@ mod tests {
         };
         let off = Notifier::disabled();
         assert_eq!(w.check(t0, &off), Verdict::Pinged);
-        assert_eq!(w.check(t0 + Duration::from_millis(500), &off), Verdict::NotDue);
+        assert_eq!(
+            w.check(t0 + Duration::from_millis(500), &off),
+            Verdict::NotDue
+        );
         // Due again half a period later, so a wake-up a little late never makes a gap of two.
         assert_eq!(w.check(t0 + secs(1), &off), Verdict::Pinged);
-        assert_eq!(w.check(t0 + Duration::from_millis(1500), &off), Verdict::NotDue);
+        assert_eq!(
+            w.check(t0 + Duration::from_millis(1500), &off),
+            Verdict::NotDue
+        );
         w.observe("a", t0 + secs(1));
         assert_eq!(w.check(t0 + secs(2), &off), Verdict::Pinged);
     }

@@ -1196,7 +1196,10 @@ fn an_array_tag_whose_index_plus_count_overflows_is_refused_and_never_wraps() {
     );
     let errors = load_str(&text, "fuzz.toml").expect_err("an overflowing index is refused");
     assert!(
-        errors.0.iter().any(|e| e.line > 0 && e.key.contains("faults")),
+        errors
+            .0
+            .iter()
+            .any(|e| e.line > 0 && e.key.contains("faults")),
         "the error names the faults signal with a line: {errors}"
     );
     let access = Access::of("BasketLoader.Faults[4294967295]", DataType::I32, 2);

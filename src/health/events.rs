@@ -57,7 +57,10 @@ impl PollFailed<'_> {
             .iter()
             .position(|k| *k == self.kind)
             .unwrap_or(FAILURE_KINDS.len() - 1);
-        lock(&reg.plcs).entry(self.plc.to_string()).or_default().failures[i] += 1;
+        lock(&reg.plcs)
+            .entry(self.plc.to_string())
+            .or_default()
+            .failures[i] += 1;
         // The PLC task logs each new error message already ("poll failed").
     }
 }
@@ -139,7 +142,12 @@ impl OutboxDropped {
             .entry((self.class, self.reason))
             .or_insert(0) += self.n;
         // The store and the uplink log each drop episode with its seq range.
-        tracing::debug!(class = self.class, reason = self.reason, n = self.n, "outbox messages dropped");
+        tracing::debug!(
+            class = self.class,
+            reason = self.reason,
+            n = self.n,
+            "outbox messages dropped"
+        );
     }
 }
 
@@ -197,7 +205,10 @@ impl OutboxCounted {
                 "outbox backlog older than ready_max_backlog_s: /readyz fails until it drains"
             );
         } else if was && !over {
-            tracing::info!(messages = self.messages, "outbox backlog drained below ready_max_backlog_s");
+            tracing::info!(
+                messages = self.messages,
+                "outbox backlog drained below ready_max_backlog_s"
+            );
         }
     }
 }
@@ -352,7 +363,11 @@ impl OeeComputed<'_> {
         figures: Option<&serde_json::Value>,
         at: Instant,
     ) -> OeeComputed<'e> {
-        let get = |k: &str| figures.and_then(|f| f.get(k)).and_then(serde_json::Value::as_f64);
+        let get = |k: &str| {
+            figures
+                .and_then(|f| f.get(k))
+                .and_then(serde_json::Value::as_f64)
+        };
         OeeComputed {
             equipment,
             figures: super::FIGURES.map(get),
@@ -396,11 +411,26 @@ mod tests {
     fn poll_counts_stay_monotonic_when_a_reload_restarts_the_task() {
         let r = Registry::default();
         for polls in [1, 2, 3] {
-            PollCompleted { plc: "p", polls, lateness_us: 10 }.emit(&r);
+            PollCompleted {
+                plc: "p",
+                polls,
+                lateness_us: 10,
+            }
+            .emit(&r);
         }
         // A new task after a reload counts from 1 again.
-        PollCompleted { plc: "p", polls: 1, lateness_us: 10 }.emit(&r);
-        PollCompleted { plc: "p", polls: 2, lateness_us: 10 }.emit(&r);
+        PollCompleted {
+            plc: "p",
+            polls: 1,
+            lateness_us: 10,
+        }
+        .emit(&r);
+        PollCompleted {
+            plc: "p",
+            polls: 2,
+            lateness_us: 10,
+        }
+        .emit(&r);
         assert_eq!(r.plcs()["p"].polls, 5);
         assert_eq!(r.plcs()["p"].lateness_count, 5);
     }
@@ -418,16 +448,36 @@ mod tests {
     #[test]
     fn only_a_change_of_link_counts_as_one() {
         let r = Registry::default();
-        assert!(PlcLinkChanged { plc: "p", online: true }.emit(&r));
-        assert!(!PlcLinkChanged { plc: "p", online: true }.emit(&r));
-        assert!(PlcLinkChanged { plc: "p", online: false }.emit(&r));
+        assert!(PlcLinkChanged {
+            plc: "p",
+            online: true
+        }
+        .emit(&r));
+        assert!(!PlcLinkChanged {
+            plc: "p",
+            online: true
+        }
+        .emit(&r));
+        assert!(PlcLinkChanged {
+            plc: "p",
+            online: false
+        }
+        .emit(&r));
     }
 
     #[test]
     fn a_refused_command_counts_as_rejected_and_under_its_name() {
         let r = Registry::default();
-        CommandHandled { command: command_of_path("E1/andon/ack"), result: CommandResult::Ok }.emit(&r);
-        CommandHandled { command: "nonsense/x", result: CommandResult::Refused }.emit(&r);
+        CommandHandled {
+            command: command_of_path("E1/andon/ack"),
+            result: CommandResult::Ok,
+        }
+        .emit(&r);
+        CommandHandled {
+            command: "nonsense/x",
+            result: CommandResult::Refused,
+        }
+        .emit(&r);
         let c = r.commands();
         assert_eq!(c[&("andon/ack", "ok")], 1);
         assert_eq!(c[&("other", "refused")], 1);
@@ -462,9 +512,19 @@ mod tests {
     #[test]
     fn an_empty_outbox_has_no_oldest_message() {
         let r = Registry::default();
-        OutboxCounted { messages: 2, oldest_created_ms: Some(1_000), now_ms: 4_000 }.emit(&r);
+        OutboxCounted {
+            messages: 2,
+            oldest_created_ms: Some(1_000),
+            now_ms: 4_000,
+        }
+        .emit(&r);
         assert_eq!(r.outbox_oldest_age_ms(4_000), 3_000);
-        OutboxCounted { messages: 0, oldest_created_ms: None, now_ms: 5_000 }.emit(&r);
+        OutboxCounted {
+            messages: 0,
+            oldest_created_ms: None,
+            now_ms: 5_000,
+        }
+        .emit(&r);
         assert_eq!(r.outbox_oldest_age_ms(9_000), 0);
         assert_eq!(r.outbox().messages, 0);
     }

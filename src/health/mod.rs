@@ -68,8 +68,7 @@ pub fn failure_kind(e: &PollError) -> &'static str {
             let m = m.to_ascii_lowercase();
             if m.contains("refused") {
                 "refused"
-            } else if m.contains("malformed") || m.contains("truncated") || m.contains("mismatch")
-            {
+            } else if m.contains("malformed") || m.contains("truncated") || m.contains("mismatch") {
                 "malformed"
             } else {
                 "other"
@@ -396,8 +395,7 @@ impl Registry {
                 reasons.push(format!("plc {name}: offline"));
             }
         }
-        if self.mqtt_configured.load(Ordering::Relaxed) && !self.connected.load(Ordering::Relaxed)
-        {
+        if self.mqtt_configured.load(Ordering::Relaxed) && !self.connected.load(Ordering::Relaxed) {
             reasons.push("broker: disconnected".to_string());
         }
         let age_ms = self.outbox_oldest_age_ms(now_ms);

@@ -81,7 +81,10 @@ mod tests {
 
     #[test]
     fn an_empty_metrics_table_listens_on_loopback_port_9105() {
-        let m = loaded(&with("\n[metrics]\n")).config.metrics.expect("a server");
+        let m = loaded(&with("\n[metrics]\n"))
+            .config
+            .metrics
+            .expect("a server");
         assert_eq!(m.listen.to_string(), "127.0.0.1:9105");
         assert!(!m.allow_remote);
         assert_eq!(m.ready_max_backlog_s, 300);
@@ -99,7 +102,10 @@ mod tests {
             "metrics.listen",
         );
         assert!(e.message.contains("not a loopback address"), "{e}");
-        assert!(e.hint.as_deref().unwrap_or("").contains("allow_remote"), "{e}");
+        assert!(
+            e.hint.as_deref().unwrap_or("").contains("allow_remote"),
+            "{e}"
+        );
         let m = loaded(&with(
             "\n[metrics]\nlisten = \"0.0.0.0:9105\"\nallow_remote = true\n",
         ))
@@ -132,7 +138,10 @@ mod tests {
 
     #[test]
     fn an_unknown_metrics_key_gets_a_did_you_mean() {
-        let e = error_at(&with("\n[metrics]\nlistn = \"127.0.0.1:1\"\n"), "metrics.listn");
+        let e = error_at(
+            &with("\n[metrics]\nlistn = \"127.0.0.1:1\"\n"),
+            "metrics.listn",
+        );
         assert!(e.hint.as_deref().unwrap_or("").contains("listen"), "{e}");
     }
 }
