@@ -464,3 +464,79 @@ async fn a_client_that_sends_nothing_delays_neither_another_scrape_nor_the_polls
     }
     rig.stop_within(Duration::from_secs(20)).await;
 }
+
+/// utime + stime of `pid` in clock ticks (`/proc/PID/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // The command name (field 2) is in parentheses and may hold spaces: split after it.
+    let rest = &stat[stat.rfind(')').expect("comm field") + 2..];
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// BENCHMARKS.md "Metrics": the daemon's CPU over 60 s without scrapes, then 60 s with a
+/// scrape every second, on the demo line (simulators and broker in this process, the daemon a
+/// process of its own). `MS5_BENCH_BIN` names the binary (the release build); the debug one
+/// otherwise. Run by hand:
+/// `MS5_BENCH_BIN=target/release/ms5-edge cargo test --test metrics -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 2.5-minute measurement, run by hand for BENCHMARKS.md"]
+async fn measure_daemon_cpu_with_and_without_a_one_second_scrape() {
+    let port = common::free_port();
+    let rig = Rig::prepare(RigOptions {
+        config_edit: Some(Box::new(move |text, _| {
+            format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
+        })),
+        ..RigOptions::default()
+    })
+    .await;
+    let bin =
+        std::env::var("MS5_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ms5-edge").into());
+    let log = std::fs::File::create(rig.dir.path().join("bench.log")).expect("log");
+    let mut child = std::process::Command::new(&bin)
+        .args(["run", "-c"])
+        .arg(&rig.config_path)
+        .env("MS5_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start the daemon");
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while try_request(addr, "GET", "/readyz")
+        .await
+        .is_none_or(|r| r.status != 200)
+    {
+        assert!(Instant::now() < deadline, "the daemon became ready");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Warm-up: the first OEE snapshot, the page cache.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let window = Duration::from_secs(60);
+    let hz = 100.0; // USER_HZ on Linux
+    let t0 = cpu_ticks(child.id());
+    tokio::time::sleep(window).await;
+    let t1 = cpu_ticks(child.id());
+    let mut scrapes = 0u32;
+    let mut bytes = 0usize;
+    let start = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    while start.elapsed() < window {
+        tick.tick().await;
+        let r = get(addr, "/metrics").await;
+        assert_eq!(r.status, 200);
+        bytes = r.body.len();
+        scrapes += 1;
+    }
+    let t2 = cpu_ticks(child.id());
+    let idle = (t1 - t0) as f64 / hz;
+    let scraped = (t2 - t1) as f64 / hz;
+    println!(
+        "binary {bin}\nno scrape:      {idle:.2} s CPU in 60 s ({:.2} %)\n1 s scrape:     {scraped:.2} s CPU in 60 s ({:.2} %), {scrapes} scrapes of {bytes} bytes",
+        idle / 60.0 * 100.0,
+        scraped / 60.0 * 100.0
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+}
