@@ -466,6 +466,43 @@ async fn a_client_that_sends_nothing_delays_neither_another_scrape_nor_the_polls
     rig.stop_within(Duration::from_secs(20)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_poll_loop_fails_healthz_naming_it() {
+    let port = common::free_port();
+    let rig = Rig::prepare(RigOptions {
+        config_edit: Some(Box::new(move |text, _| {
+            format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
+        })),
+        ..RigOptions::default()
+    })
+    .await;
+    // The test knob blocks the bagger's poll task after 6 reports (a wedged driver).
+    let mut daemon = rig.spawn_with_env(
+        "daemon.log",
+        &[("MS5_EDGE_TEST_STALL_PLC", "bagger:6".to_string())],
+    );
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while try_request(addr, "GET", "/healthz").await.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the server never answered:\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = until_status(addr, "/healthz", 503, Duration::from_secs(30), |b| {
+        b.contains("plc bagger")
+    })
+    .await;
+    assert!(
+        !r.body.contains("plc loader"),
+        "only the stalled loop: {}",
+        r.body
+    );
+    daemon.kill9();
+}
+
 /// utime + stime of `pid` in clock ticks (`/proc/PID/stat` fields 14 and 15).
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
