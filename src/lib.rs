@@ -18,6 +18,9 @@
 //! - [`uplink`]: drains the outbox to MQTT, deleting a row only on the broker's PUBACK.
 //! - [`daemon`]: wires the pieces together; `run(config, shutdown)` is what the tests call;
 //!   `run_with_reload` adds SIGHUP reloads for `ms5-edge run`.
+//! - [`health`]: the one registry of counters (typed internal events update it) that
+//!   `P/status`, `status` and the metrics endpoints read.
+//! - [`metrics`]: the `[metrics]` HTTP server: `/metrics`, `/healthz`, `/readyz`.
 //! - [`notify`]: systemd readiness, status lines and a watchdog that fires when a poll loop stalls.
 //! - [`top`]: the live full-screen view of the running daemon (and of `demo`), read-only.
 //! - [`sim`]: Modbus TCP simulators of Bagger 1 and Basket Loader 1 for `demo` and tests.
@@ -30,6 +33,8 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod engine;
+pub mod health;
+pub mod metrics;
 pub mod notify;
 pub mod sample;
 pub mod sim;

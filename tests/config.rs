@@ -1170,3 +1170,86 @@ fn a_command_key_over_plain_mqtt_is_a_notice_that_it_is_sent_unencrypted() {
     assert_eq!(n.line, line_of(&text, "key_file"));
     assert!(n.message.contains("sent unencrypted"), "{n}");
 }
+
+// ---- [metrics] (SPEC §10)
+
+#[test]
+fn a_non_loopback_metrics_listen_without_allow_remote_is_a_check_config_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("ms5-edge.toml");
+    let text = edit("[[plc]]", "[metrics]\nlisten = \"0.0.0.0:9105\"\n\n[[plc]]");
+    std::fs::write(&path, &text).expect("write config");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ms5-edge"))
+        .arg("check-config")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .expect("run check-config");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a config error must fail check-config:\n{stderr}"
+    );
+    let line = line_of(&text, "listen = ");
+    assert!(
+        stderr.contains(&format!("ms5-edge.toml:{line}:10")),
+        "file:line:col of the value expected:\n{stderr}"
+    );
+    assert!(stderr.contains("metrics.listen"), "{stderr}");
+    assert!(
+        stderr.contains("allow_remote = true"),
+        "the hint names the fix:\n{stderr}"
+    );
+
+    let allowed = edit(
+        "[[plc]]",
+        "[metrics]\nlisten = \"0.0.0.0:9105\"\nallow_remote = true\n\n[[plc]]",
+    );
+    let m = load_str(&allowed, "test.toml")
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+        .metrics
+        .expect("a metrics server");
+    assert_eq!(m.listen.to_string(), "0.0.0.0:9105");
+}
+
+#[test]
+fn broken_metrics_tables_report_every_problem_at_once() {
+    let text = edit(
+        "[[plc]]",
+        "[metrics]\nlisten = \"nowhere\"\nready_max_backlog_s = 0\nallow_remot = true\n\n[[plc]]",
+    );
+    let errors = errors_of(&text);
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert!(keys.contains(&"metrics.listen"), "{errors:?}");
+    assert!(keys.contains(&"metrics.ready_max_backlog_s"), "{errors:?}");
+    let unknown = errors
+        .iter()
+        .find(|e| e.key == "metrics.allow_remot")
+        .unwrap_or_else(|| panic!("the unknown key is reported: {errors:?}"));
+    assert!(
+        unknown
+            .hint
+            .as_deref()
+            .unwrap_or("")
+            .contains("allow_remote"),
+        "did-you-mean: {unknown:?}"
+    );
+}
+
+#[test]
+fn without_a_metrics_table_there_is_no_metrics_server_and_the_example_has_one_on_loopback() {
+    assert!(load_str(BASE, "test.toml")
+        .expect("base")
+        .config
+        .metrics
+        .is_none());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/ms5-edge.toml");
+    let m = load_file(&path)
+        .unwrap_or_else(|e| panic!("{e}"))
+        .config
+        .metrics
+        .expect("the example configures [metrics]");
+    assert_eq!(m.listen.to_string(), "127.0.0.1:9105");
+    assert_eq!(m.ready_max_backlog_s, 300);
+}

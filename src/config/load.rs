@@ -26,6 +26,7 @@
 //! | `gateway` | `[gateway]`, `[storage]`, `[telemetry]` |
 //! | `mqtt` | `[mqtt]` |
 //! | `commands` | `[commands]` |
+//! | `metrics` | `[metrics]` |
 //! | `plc` | `[[plc]]` |
 //! | `calendar` | `[[shift]]`, `[[planned_stop]]` |
 //! | `equipment` | `[[equipment]]`, its `oee_targets`, `[[equipment.fault]]`, `andon` |
@@ -68,6 +69,7 @@ mod calendar;
 mod commands;
 mod equipment;
 mod gateway;
+mod metrics;
 mod mqtt;
 mod plc;
 mod signal;
@@ -315,6 +317,7 @@ impl Compiler<'_, '_> {
                 "planned_stop",
                 "equipment",
                 "commands",
+                "metrics",
             ],
         );
 
@@ -341,6 +344,10 @@ impl Compiler<'_, '_> {
             Some(t) => self.commands(&t, plain_mqtt),
             None => Commands::default(),
         };
+        let metrics = self
+            .cx
+            .table(root, "metrics", Need::Optional)
+            .map(|t| self.metrics(&t));
         let storage = match self.cx.table(root, "storage", Need::Optional) {
             Some(t) => self.storage(&t),
             None => Storage {
@@ -422,6 +429,10 @@ impl Compiler<'_, '_> {
             planned_stops: planned_stops?,
             equipment: equipment?,
             commands,
+            metrics: match metrics {
+                None => None,
+                Some(m) => Some(m?),
+            },
         })
     }
 

@@ -62,6 +62,8 @@ pub struct Config {
     pub equipment: Vec<Equipment>,
     /// `[commands]`; the defaults of SPEC §7 when the table is absent.
     pub commands: Commands,
+    /// `[metrics]` (SPEC §10); `None` when the table is absent: no HTTP server.
+    pub metrics: Option<Metrics>,
 }
 
 impl Config {
@@ -177,6 +179,27 @@ pub const COMMAND_NAMES: &[&str] = &[
     "andon/resolve",
     "downtime/reason",
 ];
+
+/// `[metrics]` (SPEC §10): the metrics and health endpoints.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Metrics {
+    /// Where the HTTP server listens; loopback unless `allow_remote`.
+    pub listen: std::net::SocketAddr,
+    /// A non-loopback `listen` is allowed only with this set.
+    pub allow_remote: bool,
+    /// `/readyz` fails when the oldest unsent outbox message is older than this.
+    pub ready_max_backlog_s: u64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 9105)),
+            allow_remote: false,
+            ready_max_backlog_s: 300,
+        }
+    }
+}
 
 /// `[commands]` (SPEC §7): which inbound commands are accepted and how they must be sent.
 #[derive(Debug, Clone, PartialEq)]

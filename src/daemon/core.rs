@@ -26,6 +26,7 @@ use crate::acquire::{PlcCounters, PollReport};
 use crate::clock::{rfc3339_ms, Clock};
 use crate::config::Config;
 use crate::engine::{Engine, Event, PollInput, BUCKET_HORIZON_MS};
+use crate::health::events::{self, CommandResult};
 use crate::notify::{Notifier, Watchdog};
 use crate::store::pending::{Bookkeeping, Queue};
 use crate::store::{Batch, Store, StoreError};
@@ -132,7 +133,9 @@ struct Outputs {
     status: watch::Sender<serde_json::Value>,
     /// The birth fields of `P/status`; `health` is added to a copy.
     status_base: serde_json::Value,
-    /// Read for the systemd status line (broker connected).
+    /// The counter registry ([`crate::health`]; the uplink's counters are its fields): read
+    /// for the systemd status line, written with what the core sees (poll reports mirrored,
+    /// command results, outbox depth, states and OEE, progress).
     uplink: Arc<UplinkStats>,
     notifier: Notifier,
 }
@@ -183,6 +186,11 @@ pub(super) struct Core {
     /// again only when it changes).
     next_status_line: Instant,
     last_status_line: String,
+    /// The uplink's `too_large` count when the drop ledger was last read.
+    seen_too_large: u64,
+    /// The outbox's (rows, oldest `created_ms`) as last counted, and the next count.
+    outbox: Option<(u64, Option<i64>)>,
+    next_outbox_count: Instant,
 }
 
 impl Core {
@@ -235,6 +243,9 @@ impl Core {
             next_republish: now,
             next_status_line: now + STATUS_EVERY,
             last_status_line: String::new(),
+            seen_too_large: 0,
+            outbox: None,
+            next_outbox_count: now,
         }
     }
 
@@ -309,6 +320,7 @@ impl Core {
             }
             // 2. A database file that went away stops the core (exit status 3).
             self.check_file()?;
+            self.count_outbox();
             // 3. Everything else already queued joins this batch.
             while reports.len() < REPORTS_PER_BATCH {
                 match self.inputs.polls.try_recv() {
@@ -360,6 +372,7 @@ impl Core {
             self.queue
                 .extend(self.engine.on_poll(&r.plc, r.scheduled_ms, &input));
             self.watchdog.observe(&r.plc, Instant::now());
+            self.mirror(r);
             let before = self
                 .plc_health
                 .get(&r.plc)
@@ -373,6 +386,35 @@ impl Core {
                 .insert(r.plc.clone(), (r.scheduled_ms, r.counters.clone()));
         }
         changed
+    }
+
+    /// Mirrors one poll report into the counter registry (`/metrics`; the task's own
+    /// counters stay what `P/status` and `status` show, so both read the same numbers).
+    fn mirror(&self, r: &PollReport) {
+        let reg = &*self.outputs.uplink;
+        events::PollCompleted {
+            plc: &r.plc,
+            polls: r.counters.polls,
+            lateness_us: r.counters.last_lateness_us,
+        }
+        .emit(reg);
+        if let Err(e) = &r.outcome {
+            events::PollFailed {
+                plc: &r.plc,
+                kind: crate::health::failure_kind(e),
+            }
+            .emit(reg);
+        }
+        events::TickSkipped {
+            plc: &r.plc,
+            total: r.counters.skipped_ticks,
+        }
+        .emit(reg);
+        events::PlcLinkChanged {
+            plc: &r.plc,
+            online: r.counters.consecutive_failures == 0,
+        }
+        .emit(reg);
     }
 
     /// Time-driven rules (downtime after micro_stop_s, andon timing, escalation, shift changes,
@@ -499,6 +541,11 @@ impl Core {
             self.config.telemetry.store_and_forward,
             cmd,
         );
+        events::CommandHandled {
+            command: events::command_of_path(&cmd.path),
+            result: done.result,
+        }
+        .emit(&self.outputs.uplink);
         if let Some(seq) = done.committed_seq {
             self.last_seq = self.last_seq.max(seq);
             self.outputs.outbox_changed.notify_one();
@@ -538,6 +585,15 @@ impl Core {
     /// leaving the disk-full state.
     fn health(&mut self, plcs_changed: bool) {
         let mut changed = plcs_changed;
+        let too_large = self.outputs.uplink.too_large.load(Ordering::Relaxed);
+        if too_large != self.seen_too_large {
+            // The uplink wrote `too_large` rows to the ledger on its own connection.
+            self.seen_too_large = too_large;
+            if let Err(e) = self.store.reread_drops() {
+                tracing::debug!(error = %e, "drop ledger not re-read; retrying later");
+                self.seen_too_large = u64::MAX;
+            }
+        }
         let store_key = (self.store.health_version(), self.queue.is_full());
         if store_key != self.last_store_key {
             self.last_store_key = store_key;
@@ -546,11 +602,9 @@ impl Core {
         let now = Instant::now();
         if changed || now >= self.next_status_refresh {
             self.next_status_refresh = now + STATUS_REFRESH;
-            let s = status_payload(
-                &self.outputs.status_base,
-                &self.plc_health,
-                self.store.health(self.queue.len()),
-            );
+            let store = self.store.health(self.queue.len());
+            events::mirror_drops(&self.outputs.uplink, &store.drops);
+            let s = status_payload(&self.outputs.status_base, &self.plc_health, store);
             self.outputs.status.send_if_modified(|current| {
                 *current = s;
                 changed
@@ -589,10 +643,12 @@ impl Core {
     fn systemd(&mut self, closed: bool) {
         let now = Instant::now();
         self.watchdog.check(now, &self.outputs.notifier);
+        self.outputs.uplink.beat(now);
         if now < self.next_status_line && !closed {
             return;
         }
         self.next_status_line = now + STATUS_EVERY;
+        self.refresh_metrics(now);
         let online = self
             .config
             .plcs
@@ -607,7 +663,7 @@ impl Core {
         let line = crate::notify::status_line(
             online,
             self.config.plcs.len(),
-            self.store.outbox_depth().ok(),
+            self.outbox.map(|(n, _)| n),
             self.config
                 .mqtt
                 .as_ref()
@@ -618,6 +674,52 @@ impl Core {
             self.outputs.notifier.status(&line);
             self.last_status_line = line;
         }
+    }
+}
+
+impl Core {
+    /// Counts the outbox every [`STATUS_EVERY`] for the status line and the registry, at the
+    /// top of a pass (before this pass commits): rows committed by the previous pass have had
+    /// a wait's worth of time to be acknowledged, so a drained outbox reads 0.
+    fn count_outbox(&mut self) {
+        let now = Instant::now();
+        if now < self.next_outbox_count {
+            return;
+        }
+        self.next_outbox_count = now + STATUS_EVERY;
+        self.outbox = self.store.outbox_stats().ok();
+        if let Some((messages, oldest_created_ms)) = self.outbox {
+            events::OutboxCounted {
+                messages,
+                oldest_created_ms,
+                now_ms: self.clock.now_ms(),
+            }
+            .emit(&self.outputs.uplink);
+        }
+    }
+
+    /// What the registry shows beside the counters, refreshed with the status line (every
+    /// [`STATUS_EVERY`]): the outbox depth and age (the HTTP task never calls SQLite), each
+    /// equipment's state and current-shift OEE (SPEC §10: at most 10 s old), and the PLC loops
+    /// the watchdog finds stalled (`/healthz`).
+    fn refresh_metrics(&self, now: Instant) {
+        let reg = &*self.outputs.uplink;
+        let now_ms = self.clock.now_ms();
+        for v in self.engine.views() {
+            events::EquipmentObserved {
+                equipment: &v.equipment,
+                state: v.state,
+            }
+            .emit(reg);
+        }
+        for (code, figures) in self.engine.current_oee(now_ms) {
+            events::OeeComputed::from_json(&code, figures.as_ref(), now).emit(reg);
+        }
+        events::CoreProgress {
+            at: now,
+            stalled: &self.watchdog.stalled(now),
+        }
+        .emit(reg);
     }
 }
 
@@ -657,6 +759,8 @@ struct CommandDone {
     events: Vec<Event>,
     /// Highest outbox seq committed on the way (the backlog and the command's events).
     committed_seq: Option<i64>,
+    /// What it came to, for `ms5_edge_commands_total`.
+    result: CommandResult,
 }
 
 /// Parses and applies one command and commits the events it caused *before* the reply is
@@ -681,6 +785,7 @@ fn apply_command(
             reply: guard::reply(&request_id.into(), &error),
             events: Vec::new(),
             committed_seq: None,
+            result: CommandResult::Refused,
         }
     };
     let parsed = match crate::engine::command::parse(&cmd.path, &cmd.payload) {
@@ -723,6 +828,7 @@ fn apply_command(
             reply: guard::reply_ok(&rid.into()),
             events,
             committed_seq: seq.or(committed_seq),
+            result: CommandResult::Ok,
         },
         Err(e) => {
             *engine = before;
@@ -733,6 +839,7 @@ fn apply_command(
             tracing::warn!(command = %cmd.path, reason = %why, "command not applied: its events could not be committed");
             let mut done = refuse(rid, format!("not committed: {why}"));
             done.committed_seq = committed_seq;
+            done.result = CommandResult::NotCommitted;
             done
         }
     }

@@ -88,6 +88,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error("core thread: {0}")]
     Core(String),
+    #[error("{0}")]
+    Metrics(#[from] crate::metrics::MetricsError),
 }
 
 /// Exit status of `ms5-edge run` when the database file was deleted or replaced under it
@@ -130,7 +132,11 @@ pub struct DaemonView {
 #[derive(Clone)]
 pub struct Observers {
     pub view: watch::Sender<DaemonView>,
+    /// The counter registry ([`crate::health::Registry`]; the uplink's counters are its
+    /// fields, hence the name).
     pub uplink: Arc<UplinkStats>,
+    /// The address the `[metrics]` server listens on, once bound (port 0 resolved).
+    pub metrics_addr: watch::Sender<Option<std::net::SocketAddr>>,
 }
 
 impl Default for Observers {
@@ -138,6 +144,7 @@ impl Default for Observers {
         Observers {
             view: watch::channel(DaemonView::default()).0,
             uplink: Arc::new(UplinkStats::default()),
+            metrics_addr: watch::channel(None).0,
         }
     }
 }
@@ -173,17 +180,63 @@ pub async fn run_with_reload(
 ) -> Result<(), DaemonError> {
     let mut takeover = Takeover::Restart;
     let mut carried: Vec<Event> = Vec::new();
+    // The metrics server outlives reloads (its address is read once, at start): bound before
+    // anything else, so a port in use fails the start instead of being found out later.
+    let (metrics_stop, metrics_stop_rx) = watch::channel(false);
+    let metrics = match &config.metrics {
+        Some(m) => {
+            observers.uplink.declare(&config);
+            let listener = crate::metrics::bind(m.listen).await?;
+            let addr = listener.local_addr().ok();
+            tracing::info!(listen = ?addr, "metrics endpoints: /metrics, /healthz, /readyz");
+            observers.metrics_addr.send_replace(addr);
+            Some(tokio::spawn(crate::metrics::serve(
+                listener,
+                observers.uplink.clone(),
+                metrics_stop_rx,
+            )))
+        }
+        None => None,
+    };
+    let result = pipelines(
+        &mut config,
+        &mut reloads,
+        &mut shutdown,
+        &observers,
+        &notifier,
+        &mut takeover,
+        &mut carried,
+    )
+    .await;
+    let _ = metrics_stop.send(true);
+    if let Some(m) = metrics {
+        let _ = m.await;
+    }
+    result
+}
+
+/// The pipelines of [`run_with_reload`], one per configuration.
+async fn pipelines(
+    config: &mut Config,
+    reloads: &mut mpsc::Receiver<Config>,
+    shutdown: &mut watch::Receiver<bool>,
+    observers: &Observers,
+    notifier: &Notifier,
+    takeover: &mut Takeover,
+    carried: &mut Vec<Event>,
+) -> Result<(), DaemonError> {
+    let started_with = config.metrics.clone();
     let mut generation = 0u64;
     let mut reloads_open = true;
     loop {
         generation += 1;
         observers.view.send_modify(|v| v.generation = generation);
         let mut pipeline = Pipeline::start(
-            &config,
-            takeover,
-            std::mem::take(&mut carried),
-            &observers,
-            &notifier,
+            config,
+            *takeover,
+            std::mem::take(carried),
+            observers,
+            notifier,
         )
         .await?;
         let first_status = crate::notify::status_line(
@@ -240,10 +293,13 @@ pub async fn run_with_reload(
                     .map(|e| e.code.clone())
                     .filter(|code| !new.equipment.iter().any(|e| &e.code == code))
                     .collect();
-                describe_reload(&config, &new, &removed);
-                carried = pipeline.stop(removed).await?;
-                config = new;
-                takeover = Takeover::Reload;
+                describe_reload(config, &new, &removed);
+                *carried = pipeline.stop(removed).await?;
+                if new.metrics != started_with {
+                    tracing::warn!("reload: [metrics] changed; the metrics server keeps its address until the daemon restarts");
+                }
+                *config = new;
+                *takeover = Takeover::Reload;
             }
         }
     }
@@ -298,6 +354,7 @@ impl Pipeline {
         observers: &Observers,
         notifier: &Notifier,
     ) -> Result<Pipeline, DaemonError> {
+        observers.uplink.declare(config);
         let clock = Clock::system();
         let data_dir = config.gateway.data_dir.clone();
         let limits = crate::store::Limits::from_storage(&config.storage);
@@ -313,6 +370,8 @@ impl Pipeline {
             tokio::select! {
                 opened = &mut opening => break opened,
                 _ = extend.tick() => {
+                    // Slow but making progress: /healthz stays 200 while the check runs.
+                    observers.uplink.beat(std::time::Instant::now());
                     let waited = started.elapsed().as_secs();
                     if waited < OPEN_EXTEND_EVERY.as_secs() * 2 {
                         tracing::info!("checking the database (PRAGMA quick_check); a large database takes a while");

@@ -101,6 +101,7 @@ pub(crate) fn config(publish_interval_ms: u64) -> Config {
         planned_stops: vec![],
         equipment: vec![equipment],
         commands: Default::default(),
+        metrics: None,
     }
 }
 

@@ -540,6 +540,33 @@ impl Store {
         Ok(n.max(0) as u64)
     }
 
+    /// Rows waiting in the outbox and the `created_ms` of the oldest (`None` when empty), for
+    /// the metrics (`ms5_edge_outbox_messages`, `…_oldest_age_seconds`). The count is a
+    /// `count(*)`: the caller rate-limits it; the oldest row is one primary-key lookup.
+    pub fn outbox_stats(&self) -> Result<(u64, Option<i64>), StoreError> {
+        let n = self.outbox_depth()?;
+        let oldest: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT created_ms FROM outbox ORDER BY seq LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok((n, oldest))
+    }
+
+    /// Reads the drop ledger again: rows another connection wrote (the uplink's `too_large`)
+    /// then show in [`Store::health`] too. Bumps [`Store::health_version`] when it changed.
+    pub fn reread_drops(&mut self) -> Result<(), StoreError> {
+        let drops = bounds::read_report(&self.conn)?;
+        if drops != self.drops {
+            self.drops = drops;
+            self.health_version += 1;
+        }
+        Ok(())
+    }
+
     /// The limits in force.
     pub fn limits(&self) -> Limits {
         self.limits

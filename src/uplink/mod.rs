@@ -38,8 +38,8 @@ pub mod guard;
 pub mod signature;
 pub mod tls;
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +49,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
 use crate::config::{Mqtt, MqttUrl};
+use crate::health::events;
 use crate::store::outbox::{OutboxReader, OutboxRow};
 use client::{Client, Wire};
 use correlator::{Acked, Correlator, Tag};
@@ -135,59 +136,10 @@ impl Drop for BudgetPermit {
     }
 }
 
-/// Counters the demo view, `status`, `P/status` and tests read.
-#[derive(Debug, Default)]
-pub struct UplinkStats {
-    pub connected: AtomicBool,
-    pub published: AtomicU64,
-    pub acknowledged: AtomicU64,
-    pub connects: AtomicU64,
-    /// Live QoS 0 telemetry dropped (disconnected, or no client slot free).
-    pub live_dropped: AtomicU64,
-    /// Highest seq whose PUBACK arrived.
-    pub last_acked_seq: AtomicU64,
-    /// Commands refused by the gate ([`guard`]) or a full queue, with an `ok:false` reply.
-    pub commands_rejected: AtomicU64,
-    /// Replies and status messages dropped because no client slot was free.
-    pub replies_dropped: AtomicU64,
-    pub status_dropped: AtomicU64,
-    /// Outbox rows moved to the drop ledger as `too_large`.
-    pub too_large: AtomicU64,
-    /// Inbound packets over `max_packet_kb` that ended a connection (MQTT 3.1.1 only).
-    pub inbound_oversized: AtomicU64,
-    /// PUBACK refusals per reason (`not_authorized`, `quota_exceeded`, …).
-    pub refused: Mutex<BTreeMap<&'static str, u64>>,
-    /// `host:port` of the broker in use (empty while disconnected).
-    pub broker: Mutex<String>,
-}
-
-impl UplinkStats {
-    /// PUBACK refusals per reason, copied.
-    pub fn refused(&self) -> BTreeMap<&'static str, u64> {
-        self.refused.lock().map(|m| m.clone()).unwrap_or_default()
-    }
-
-    /// The broker in use, `None` while disconnected.
-    pub fn broker(&self) -> Option<String> {
-        let b = self.broker.lock().map(|b| b.clone()).unwrap_or_default();
-        (!b.is_empty()).then_some(b)
-    }
-
-    /// The uplink's part of `P/status` and `status`: broker and refusals and drops.
-    pub fn health(&self) -> serde_json::Value {
-        serde_json::json!({
-            "connected": self.connected.load(Ordering::Relaxed),
-            "broker": self.broker(),
-            "refused": self.refused(),
-            "too_large": self.too_large.load(Ordering::Relaxed),
-            "live_dropped": self.live_dropped.load(Ordering::Relaxed),
-            "replies_dropped": self.replies_dropped.load(Ordering::Relaxed),
-            "status_dropped": self.status_dropped.load(Ordering::Relaxed),
-            "commands_rejected": self.commands_rejected.load(Ordering::Relaxed),
-            "inbound_oversized": self.inbound_oversized.load(Ordering::Relaxed),
-        })
-    }
-}
+/// The uplink's counters are the registry's ([`crate::health::Registry`]): the uplink task,
+/// the core, `P/status`, `status` and `/metrics` read the same atomics. The old name stays for
+/// the callers that know the uplink only.
+pub use crate::health::Registry as UplinkStats;
 
 /// Everything the uplink needs besides its channels.
 #[derive(Debug, Clone)]
@@ -263,10 +215,7 @@ pub async fn run(
             &settings, broker, current, &reader, &mut ch, &stats, &mut guard, &budget,
         )
         .await;
-        stats.connected.store(false, Ordering::Relaxed);
-        if let Ok(mut b) = stats.broker.lock() {
-            b.clear();
-        }
+        events::MqttDisconnected.emit(&stats);
         save_state(&reader, &stats).await;
         if connected_for.is_some() {
             last_error = None;
@@ -822,15 +771,10 @@ impl Session<'_> {
                     self.others_slots = OTHERS_SLOTS.min(total / 4).max(1);
                     self.window = self.window.min(total - self.others_slots).max(1);
                 }
-                self.stats.connected.store(true, Ordering::Relaxed);
-                self.stats.connects.fetch_add(1, Ordering::Relaxed);
-                if let Ok(mut b) = self.stats.broker.lock() {
-                    *b = self.broker.authority();
+                events::MqttConnected {
+                    broker: &self.broker.authority(),
                 }
-                tracing::info!(
-                    broker = %self.broker.authority(),
-                    "MQTT connected; replaying the outbox from its oldest row"
-                );
+                .emit(self.stats);
                 // Clean session: subscribe after every CONNACK.
                 self.client
                     .subscribe(format!("{}/cmd/#", self.prefix))
@@ -865,9 +809,14 @@ impl Session<'_> {
                 Acked::Refused { seq, reason } => self.on_refused(seq, reason),
                 Acked::Other {
                     refused: Some(reason),
-                } => {
-                    self.count_refusal(reason);
+                } => events::PublishRefused {
+                    reason: client::reason_name(reason),
+                    code: reason,
+                    seq: None,
+                    broker: &self.broker.authority(),
+                    episode_starts: false,
                 }
+                .emit(self.stats),
                 Acked::Other { refused: None } | Acked::Unknown => {}
             },
             Wire::Message(p) => self.on_inbound(p, ch),
@@ -882,23 +831,17 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn count_refusal(&mut self, reason: u8) {
-        if let Ok(mut m) = self.stats.refused.lock() {
-            *m.entry(client::reason_name(reason)).or_insert(0) += 1;
-        }
-    }
-
     /// The broker refused an outbox row: keep it, stop sending, replay after a backoff.
     fn on_refused(&mut self, seq: i64, reason: u8) {
-        self.count_refusal(reason);
+        events::PublishRefused {
+            reason: client::reason_name(reason),
+            code: reason,
+            seq: Some(seq),
+            broker: &self.broker.authority(),
+            episode_starts: self.refusing == 0,
+        }
+        .emit(self.stats);
         if self.refusing == 0 {
-            tracing::warn!(
-                seq,
-                reason = client::reason_name(reason),
-                code = format!("0x{reason:02x}"),
-                broker = %self.broker.authority(),
-                "broker refused a publish; the row stays in the outbox and is retried with backoff (check the broker's ACL for the gateway's user)"
-            );
             self.status_pending = true;
         }
         self.refusing += 1;
@@ -962,6 +905,16 @@ impl Session<'_> {
         };
         if let Some((request_id, error)) = refusal {
             tracing::debug!(topic = %p.topic, bytes = p.payload.len(), %error, "command refused");
+            let path = p
+                .topic
+                .strip_prefix(self.prefix)
+                .and_then(|t| t.strip_prefix("/cmd/"))
+                .unwrap_or_default();
+            events::CommandHandled {
+                command: events::command_of_path(path),
+                result: events::CommandResult::Refused,
+            }
+            .emit(self.stats);
             self.stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
             self.enqueue_other(LiveMessage {
                 topic: "reply".into(),
