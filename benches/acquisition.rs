@@ -30,6 +30,8 @@
 //!   decode, engine, SQLite commit — not only the Modbus exchange).
 //! - Memory: `VmRSS` at the end and `VmHWM` (peak) from `/proc/PID/status`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+
 use std::fmt::Write as _;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};

@@ -9,6 +9,8 @@
 //!
 //! Prints a Markdown table for BENCHMARKS.md.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
 mod common;

@@ -4,6 +4,8 @@
 //! line (found by a needle in the broken text, so the table stays readable) and the wording of
 //! the error. The example files under `etc/` must compile without errors or warnings.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+
 use std::path::{Path, PathBuf};
 
 use ms5_edge::config::{

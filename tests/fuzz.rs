@@ -33,6 +33,8 @@
 //!
 //! The command *guard* (`src/uplink/guard.rs`) is not fuzzed here: it is being rewritten.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};

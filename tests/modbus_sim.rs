@@ -3,6 +3,8 @@
 //! Every server binds 127.0.0.1:0. Values are frozen with an `Override`, so each assertion
 //! compares what the poller decoded with what the simulator says it served.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 

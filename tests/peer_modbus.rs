@@ -10,6 +10,8 @@
 //!
 //! Needs the peers venv (`scripts/test` installs it; the tests say how when it is missing).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+
 mod common;
 
 use std::collections::BTreeMap;

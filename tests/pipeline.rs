@@ -1,6 +1,8 @@
 //! End to end, against real parts: the Modbus simulators over TCP, the daemon, a real SQLite
 //! file and a real mosquitto on a free loopback port.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+
 mod common;
 
 use std::sync::atomic::Ordering;

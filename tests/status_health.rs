@@ -6,6 +6,8 @@
 //! *without* refreshing the value first, so these messages show exactly what the 60 s timer
 //! would send.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+
 mod common;
 
 use std::time::Duration;

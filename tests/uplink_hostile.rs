@@ -1,6 +1,8 @@
 //! SPEC §7 on a real broker: one misbehaving client or a hostile broker setting must not stop
 //! delivery, lose an event, or cost the session. Each test names the failure it defends.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failing test may panic
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -210,7 +210,7 @@ impl Machine {
     pub fn on_sample(
         &mut self,
         t: i64,
-        signals: &EngineSignals,
+        signals: &EngineSignals<'_>,
         cal: &Calendar,
         telemetry_interval_ms: i64,
     ) -> Vec<Event> {
