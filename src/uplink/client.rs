@@ -308,6 +308,16 @@ pub fn reason_name(code: u8) -> &'static str {
     }
 }
 
+const LOGIN_REFUSED: &str = "broker refused the login: bad user name or password, or not \
+                             authorised (check mqtt.username and the password_file)";
+
+fn tls_failed(t: &impl std::fmt::Display) -> String {
+    format!(
+        "TLS handshake with the broker failed: {t} (check mqtt.ca_file, the broker's \
+         certificate and name, and the client certificate)"
+    )
+}
+
 fn lost_v5(e: &rumqttc::v5::ConnectionError) -> Lost {
     use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as Rc;
     use rumqttc::v5::mqttbytes::Error as Me;
@@ -317,11 +327,7 @@ fn lost_v5(e: &rumqttc::v5::ConnectionError) -> Lost {
         Ce::MqttState(Se::Deserialization(Me::PayloadSizeLimitExceeded { .. }))
     );
     let message = match e {
-        Ce::ConnectionRefused(Rc::BadUserNamePassword | Rc::NotAuthorized) => {
-            "broker refused the login: bad user name or password, or not authorised \
-             (check mqtt.username and the password_file)"
-                .into()
-        }
+        Ce::ConnectionRefused(Rc::BadUserNamePassword | Rc::NotAuthorized) => LOGIN_REFUSED.into(),
         Ce::ConnectionRefused(Rc::ClientIdentifierNotValid) => {
             "broker refused the client id (check mqtt.client_id)".into()
         }
@@ -329,10 +335,7 @@ fn lost_v5(e: &rumqttc::v5::ConnectionError) -> Lost {
             "broker does not speak MQTT 5 (set mqtt.protocol = 3 for an MQTT 3.1.1 broker)".into()
         }
         Ce::ConnectionRefused(code) => format!("broker refused the connection: {code:?}"),
-        Ce::Tls(t) => format!(
-            "TLS handshake with the broker failed: {t} (check mqtt.ca_file, the broker's \
-             certificate and name, and the client certificate)"
-        ),
+        Ce::Tls(t) => tls_failed(t),
         _ if oversized => format!(
             "an inbound packet exceeded max_packet_kb ({e}); the broker ignored our Maximum \
              Packet Size"
@@ -355,19 +358,12 @@ fn lost_v3(e: &rumqttc::ConnectionError) -> Lost {
         ))
     );
     let message = match e {
-        Ce::ConnectionRefused(Rc::BadUserNamePassword | Rc::NotAuthorized) => {
-            "broker refused the login: bad user name or password, or not authorised \
-             (check mqtt.username and the password_file)"
-                .into()
-        }
+        Ce::ConnectionRefused(Rc::BadUserNamePassword | Rc::NotAuthorized) => LOGIN_REFUSED.into(),
         Ce::ConnectionRefused(Rc::BadClientId) => {
             "broker refused the client id (check mqtt.client_id)".into()
         }
         Ce::ConnectionRefused(code) => format!("broker refused the connection: {code:?}"),
-        Ce::Tls(t) => format!(
-            "TLS handshake with the broker failed: {t} (check mqtt.ca_file, the broker's \
-             certificate and name, and the client certificate)"
-        ),
+        Ce::Tls(t) => tls_failed(t),
         _ if oversized => format!(
             "an inbound packet exceeded max_packet_kb ({e}); MQTT 3.1.1 cannot announce the \
              limit, so the connection is reopened (clean session: it is not redelivered)"
