@@ -355,6 +355,50 @@ async fn every_family_is_declared_and_the_numbers_follow_the_line_and_the_broker
     rig.stop_within(Duration::from_secs(20)).await;
 }
 
+/// `promtool` from Debian's `prometheus` package (scripts/test installs it).
+fn promtool() -> std::path::PathBuf {
+    let path = std::path::PathBuf::from("/usr/bin/promtool");
+    assert!(
+        path.exists(),
+        "promtool is missing: install Debian's prometheus package (scripts/test does: \
+         apt-get install --no-install-recommends prometheus)"
+    );
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn promtool_finds_nothing_to_complain_about_in_the_exposition() {
+    let (mut rig, addr) = rig_with_metrics().await;
+    scrape_until(addr, "polls of both PLCs", Duration::from_secs(30), |m| {
+        polls(m, "bagger") > 0.0 && polls(m, "loader") > 0.0
+    })
+    .await;
+    use std::io::Write as _;
+    let body = get(addr, "/metrics").await.body;
+    let mut child = std::process::Command::new(promtool())
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start promtool");
+    child
+        .stdin
+        .take()
+        .expect("promtool stdin")
+        .write_all(body.as_bytes())
+        .expect("write the exposition");
+    let out = child.wait_with_output().expect("promtool output");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool check metrics: {}\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rig.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plc_down_is_not_ready_but_healthy_and_its_failures_are_counted() {
     let (mut rig, addr) = rig_with_metrics().await;

@@ -123,6 +123,12 @@ async fn mutual_tls_delivers_with_a_client_certificate_and_is_refused_without_on
 
     let (mut without, data) = s.daemon("no-cert", &ca_line(&pki));
     undelivered(&data).await;
+    wait_for("the refusal in the log", Duration::from_secs(20), || {
+        without
+            .log_text()
+            .contains("MQTT connection lost or refused")
+    })
+    .await;
     let log = without.log_text();
     assert!(
         log.contains("MQTT connection lost or refused"),
@@ -148,6 +154,13 @@ async fn a_broker_certificate_from_another_ca_is_refused_with_a_tls_error() {
     .await;
     let (mut daemon, data) = s.daemon("wrong-ca", &ca_line(&plant));
     undelivered(&data).await;
+    // The backlog can build before the first TLS attempt has failed: wait for the line.
+    wait_for("the TLS error in the log", Duration::from_secs(20), || {
+        daemon
+            .log_text()
+            .contains("TLS handshake with the broker failed")
+    })
+    .await;
     let log = daemon.log_text();
     assert!(
         log.contains("TLS handshake with the broker failed"),

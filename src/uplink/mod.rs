@@ -720,6 +720,15 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// Counts a PUBACK of an outbox row when it arrives (the row's delete may come up to
+    /// [`ACK_DELAY`] later, with its batch).
+    fn note_acknowledged(&self, seq: i64) {
+        self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+        self.stats
+            .last_acked_seq
+            .fetch_max(u64::try_from(seq).unwrap_or(0), Ordering::Relaxed);
+    }
+
     /// Deletes delivered rows and moves too-large ones to the ledger, on the uplink's own
     /// SQLite connection, off the async worker threads.
     async fn flush(&mut self) -> Result<(), SessionError> {
@@ -730,9 +739,7 @@ impl Session<'_> {
         self.acked_since = None;
         let too_large = std::mem::take(&mut self.too_large);
         let reader = self.reader.clone();
-        let n = seqs.len() as u64;
         let large = too_large.len() as u64;
-        let max = seqs.iter().copied().max().unwrap_or(0);
         tokio::task::spawn_blocking(move || {
             let mut r = reader
                 .lock()
@@ -742,11 +749,7 @@ impl Session<'_> {
         })
         .await
         .map_err(|_| SessionError::ClientGone)??;
-        self.stats.acknowledged.fetch_add(n, Ordering::Relaxed);
         self.stats.too_large.fetch_add(large, Ordering::Relaxed);
-        self.stats
-            .last_acked_seq
-            .fetch_max(u64::try_from(max).unwrap_or(0), Ordering::Relaxed);
         if large > 0 {
             self.status_pending = true;
         }
@@ -795,6 +798,7 @@ impl Session<'_> {
             Wire::Acked { pkid, reason } => match self.corr.acked(pkid, reason) {
                 Acked::Delivered(seq) => {
                     self.acked.push(seq);
+                    self.note_acknowledged(seq);
                     self.acked_since.get_or_insert_with(Instant::now);
                     if self.refusing > 0 && self.refusal.is_none() {
                         tracing::info!(
@@ -949,7 +953,7 @@ impl Session<'_> {
                 Wire::Acked { pkid, reason } => {
                     if let Acked::Delivered(seq) = self.corr.acked(pkid, reason) {
                         self.acked.push(seq);
-                        self.acked_since.get_or_insert_with(Instant::now);
+                        self.note_acknowledged(seq);
                         self.acked_since.get_or_insert_with(Instant::now);
                     }
                 }
