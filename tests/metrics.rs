@@ -355,6 +355,35 @@ async fn every_family_is_declared_and_the_numbers_follow_the_line_and_the_broker
     rig.stop_within(Duration::from_secs(20)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn equipment_state_flips_with_the_machine() {
+    let (mut rig, addr) = rig_with_metrics().await;
+    let state = |m: &BTreeMap<String, Value>, to: &str| {
+        value(
+            m,
+            "ms5_edge_equipment_state",
+            &[("equipment", BAGGER), ("state", to)],
+        )
+    };
+    rig.line
+        .bagger
+        .set_override(common::line::hold_running(true));
+    scrape_until(addr, "the bagger running", Duration::from_secs(30), |m| {
+        state(m, "running") == Some(1.0)
+    })
+    .await;
+    rig.line
+        .bagger
+        .set_override(common::line::hold_running(false));
+    // Stopped, or faulted if the simulated scenario has a fault bit up at that moment.
+    let m = scrape_until(addr, "the bagger stopped", Duration::from_secs(30), |m| {
+        state(m, "stopped") == Some(1.0) || state(m, "faulted") == Some(1.0)
+    })
+    .await;
+    assert_eq!(state(&m, "running"), Some(0.0), "the old state went to 0");
+    rig.stop().await;
+}
+
 /// `promtool` from Debian's `prometheus` package (scripts/test installs it).
 fn promtool() -> std::path::PathBuf {
     let path = std::path::PathBuf::from("/usr/bin/promtool");
