@@ -215,7 +215,6 @@ pub fn publish_packet_size(topic_len: usize, payload_len: usize) -> usize {
 
 async fn drive_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::Sender<Wire>) {
     use rumqttc::v5::{Event, Incoming};
-    use rumqttc::Outgoing;
     loop {
         let wire = match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(ack))) => Wire::Connected {
@@ -231,9 +230,10 @@ async fn drive_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::Sender<Wire>)
                 payload: p.payload,
                 retain: p.retain,
             }),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Wire::Written(pkid),
-            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => Wire::Collision(pkid),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => Wire::Disconnected,
+            Ok(Event::Outgoing(o)) => match outgoing(o) {
+                Some(w) => w,
+                None => continue,
+            },
             Ok(_) => continue,
             Err(e) => {
                 let _ = tx.send(Wire::Lost(lost_v5(&e))).await;
@@ -247,7 +247,7 @@ async fn drive_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::Sender<Wire>)
 }
 
 async fn drive_v3(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Wire>) {
-    use rumqttc::{Event, Incoming, Outgoing};
+    use rumqttc::{Event, Incoming};
     loop {
         let wire = match eventloop.poll().await {
             Ok(Event::Incoming(Incoming::ConnAck(_))) => Wire::Connected {
@@ -263,9 +263,10 @@ async fn drive_v3(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Wire>) {
                 payload: p.payload,
                 retain: p.retain,
             }),
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Wire::Written(pkid),
-            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => Wire::Collision(pkid),
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => Wire::Disconnected,
+            Ok(Event::Outgoing(o)) => match outgoing(o) {
+                Some(w) => w,
+                None => continue,
+            },
             Ok(_) => continue,
             Err(e) => {
                 let _ = tx.send(Wire::Lost(lost_v3(&e))).await;
@@ -275,6 +276,17 @@ async fn drive_v3(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<Wire>) {
         if tx.send(wire).await.is_err() {
             return;
         }
+    }
+}
+
+/// What the session needs of what the client wrote (the same type for both protocols).
+fn outgoing(o: rumqttc::Outgoing) -> Option<Wire> {
+    use rumqttc::Outgoing;
+    match o {
+        Outgoing::Publish(pkid) => Some(Wire::Written(pkid)),
+        Outgoing::AwaitAck(pkid) => Some(Wire::Collision(pkid)),
+        Outgoing::Disconnect => Some(Wire::Disconnected),
+        _ => None,
     }
 }
 

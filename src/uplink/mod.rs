@@ -73,8 +73,6 @@ const ACK_BATCH: usize = 64;
 const ACK_DELAY: Duration = Duration::from_millis(250);
 /// Bytes of accepted commands waiting for the core, at most.
 pub const INBOUND_BUDGET: usize = 1024 * 1024;
-/// A connection that lasted this long resets the reconnect backoff.
-const STABLE_AFTER: Duration = backoff::STABLE_AFTER;
 
 /// A message published outside the outbox: QoS 0 telemetry, command replies.
 #[derive(Debug, Clone)]
@@ -216,7 +214,8 @@ pub async fn run(
         )
         .await;
         events::MqttDisconnected.emit(&stats);
-        save_state(&reader, &stats).await;
+        // Written before the next attempt, so `status` never shows the old connection.
+        let _ = save_state(&reader, &stats).await;
         if connected_for.is_some() {
             last_error = None;
         }
@@ -243,9 +242,6 @@ pub async fn run(
             if current != 0 {
                 continue;
             }
-        }
-        if connected_for.is_some_and(|d| d >= STABLE_AFTER) {
-            backoff.reset();
         }
         let delay = backoff.next(connected_for, |lo, hi| fastrand::u64(lo..hi));
         let until = Instant::now() + delay;
@@ -287,20 +283,36 @@ fn count_dropped(stats: &UplinkStats, qos1: bool) {
     }
 }
 
-/// Writes the uplink's state where `status` can read it.
-async fn save_state(reader: &Arc<Mutex<OutboxReader>>, stats: &UplinkStats) {
-    let json = stats.health().to_string();
+/// Runs `f` on the uplink's SQLite connection on the blocking pool (never on a runtime worker).
+async fn with_reader<T: Send + 'static>(
+    reader: &Arc<Mutex<OutboxReader>>,
+    f: impl FnOnce(&mut OutboxReader) -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, SessionError> {
     let reader = reader.clone();
-    let saved = tokio::task::spawn_blocking(move || match reader.lock() {
-        Ok(r) => r.save_uplink_state(&json),
+    let result = tokio::task::spawn_blocking(move || match reader.lock() {
+        Ok(mut r) => f(&mut r),
         Err(_) => Err(crate::store::StoreError::Missing(
             "outbox lock poisoned".into(),
         )),
     })
-    .await;
-    if let Ok(Err(e)) = saved {
-        tracing::debug!(error = %e, "uplink state not saved for status");
-    }
+    .await
+    .map_err(|_| SessionError::ClientGone)?;
+    Ok(result?)
+}
+
+/// Writes the uplink's state where `status` can read it, in the background (best effort:
+/// `status` then shows the previous state); await the handle to know it is written.
+fn save_state(
+    reader: &Arc<Mutex<OutboxReader>>,
+    stats: &UplinkStats,
+) -> tokio::task::JoinHandle<()> {
+    let json = stats.health().to_string();
+    let reader = reader.clone();
+    tokio::spawn(async move {
+        if let Err(e) = with_reader(&reader, move |r| r.save_uplink_state(&json)).await {
+            tracing::debug!(error = %e, "uplink state not saved for status");
+        }
+    })
 }
 
 /// Refused publishes: paused until the window settles, then replayed after a backoff.
@@ -666,17 +678,7 @@ impl Session<'_> {
                     break;
                 }
                 let from = self.cursor;
-                let reader = self.reader.clone();
-                let rows = tokio::task::spawn_blocking(move || {
-                    reader
-                        .lock()
-                        .map_err(|_| {
-                            crate::store::StoreError::Missing("outbox lock poisoned".into())
-                        })?
-                        .fetch(from, PAGE)
-                })
-                .await
-                .map_err(|_| SessionError::ClientGone)??;
+                let rows = with_reader(self.reader, move |r| r.fetch(from, PAGE)).await?;
                 if rows.len() < PAGE {
                     self.dirty = false;
                 }
@@ -720,9 +722,11 @@ impl Session<'_> {
         Ok(())
     }
 
-    /// Counts a PUBACK of an outbox row when it arrives (the row's delete may come up to
-    /// [`ACK_DELAY`] later, with its batch).
-    fn note_acknowledged(&self, seq: i64) {
+    /// The broker took outbox row `seq`: counted now, deleted with its batch (up to
+    /// [`ACK_DELAY`] later).
+    fn delivered(&mut self, seq: i64) {
+        self.acked.push(seq);
+        self.acked_since.get_or_insert_with(Instant::now);
         self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
         self.stats
             .last_acked_seq
@@ -738,17 +742,12 @@ impl Session<'_> {
         let seqs = std::mem::take(&mut self.acked);
         self.acked_since = None;
         let too_large = std::mem::take(&mut self.too_large);
-        let reader = self.reader.clone();
         let large = too_large.len() as u64;
-        tokio::task::spawn_blocking(move || {
-            let mut r = reader
-                .lock()
-                .map_err(|_| crate::store::StoreError::Missing("outbox lock poisoned".into()))?;
+        with_reader(self.reader, move |r| {
             r.delete(&seqs)?;
             r.drop_too_large(&too_large, crate::clock::Clock::system().now_ms())
         })
-        .await
-        .map_err(|_| SessionError::ClientGone)??;
+        .await?;
         self.stats.too_large.fetch_add(large, Ordering::Relaxed);
         if large > 0 {
             self.status_pending = true;
@@ -785,21 +784,13 @@ impl Session<'_> {
                 self.status_pending = true;
                 self.publish_status(ch);
                 self.dirty = true;
-                let reader = self.reader.clone();
-                let json = self.stats.health().to_string();
-                tokio::task::spawn_blocking(move || {
-                    if let Ok(r) = reader.lock() {
-                        let _ = r.save_uplink_state(&json);
-                    }
-                });
+                drop(save_state(self.reader, self.stats));
             }
             Wire::Written(pkid) => self.corr.written(pkid)?,
             Wire::Collision(pkid) => return Err(correlator::Desync(pkid).into()),
             Wire::Acked { pkid, reason } => match self.corr.acked(pkid, reason) {
                 Acked::Delivered(seq) => {
-                    self.acked.push(seq);
-                    self.note_acknowledged(seq);
-                    self.acked_since.get_or_insert_with(Instant::now);
+                    self.delivered(seq);
                     if self.refusing > 0 && self.refusal.is_none() {
                         tracing::info!(
                             refused = self.refusing,
@@ -952,9 +943,7 @@ impl Session<'_> {
             match w {
                 Wire::Acked { pkid, reason } => {
                     if let Acked::Delivered(seq) = self.corr.acked(pkid, reason) {
-                        self.acked.push(seq);
-                        self.note_acknowledged(seq);
-                        self.acked_since.get_or_insert_with(Instant::now);
+                        self.delivered(seq);
                     }
                 }
                 Wire::Written(pkid) if self.corr.written(pkid).is_err() => break,
