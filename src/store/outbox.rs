@@ -21,6 +21,17 @@ pub enum Kind {
     Event = 2,
 }
 
+impl Kind {
+    /// The outbox class of an event's drop class.
+    pub fn of(class: crate::engine::DropClass) -> Kind {
+        match class {
+            crate::engine::DropClass::Telemetry => Kind::Telemetry,
+            crate::engine::DropClass::OeeSnapshot => Kind::OeeSnapshot,
+            crate::engine::DropClass::Event => Kind::Event,
+        }
+    }
+}
+
 /// One unsent message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutboxRow {
@@ -60,17 +71,7 @@ impl OutboxRow {
 pub fn describe(event: &Event) -> (Kind, &'static str, String, serde_json::Value, bool) {
     // The wire form is domain knowledge and lives with the events (engine::event).
     match event.message() {
-        Some(m) => (
-            match m.class {
-                crate::engine::DropClass::Telemetry => Kind::Telemetry,
-                crate::engine::DropClass::OeeSnapshot => Kind::OeeSnapshot,
-                crate::engine::DropClass::Event => Kind::Event,
-            },
-            m.event_type,
-            m.topic,
-            m.data,
-            m.retain,
-        ),
+        Some(m) => (Kind::of(m.class), m.event_type, m.topic, m.data, m.retain),
         None => (
             Kind::Event,
             "",
@@ -97,11 +98,7 @@ pub fn insert(
     data: String,
     now_ms: i64,
 ) -> Result<(OutboxRow, u64), StoreError> {
-    let kind = match message.class {
-        crate::engine::DropClass::Telemetry => Kind::Telemetry,
-        crate::engine::DropClass::OeeSnapshot => Kind::OeeSnapshot,
-        crate::engine::DropClass::Event => Kind::Event,
-    };
+    let kind = Kind::of(message.class);
     let bytes = estimate_bytes(&message.topic, &data) as i64;
     let id = uuid::Uuid::now_v7().to_string();
     tx.prepare_cached(
