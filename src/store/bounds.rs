@@ -27,7 +27,7 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Transaction};
+use rusqlite::{params, Connection};
 use serde::Serialize;
 
 use super::outbox::Kind;
@@ -227,7 +227,7 @@ pub fn outbox_bytes(tx: &rusqlite::Connection) -> Result<u64, StoreError> {
 
 /// Deletes the fewest oldest rows of the lowest classes so that at most `limit` bytes wait.
 /// `total` is the exact current sum. Returns what was deleted and the new exact sum.
-pub fn enforce(tx: &Transaction<'_>, total: u64, limit: u64) -> Result<(Dropped, u64), StoreError> {
+pub fn enforce(tx: &Connection, total: u64, limit: u64) -> Result<(Dropped, u64), StoreError> {
     let mut dropped = Dropped::default();
     let mut total = total;
     for kind in [Kind::Telemetry, Kind::OeeSnapshot, Kind::Event] {
@@ -275,7 +275,7 @@ pub fn enforce(tx: &Transaction<'_>, total: u64, limit: u64) -> Result<(Dropped,
 /// Adds drops to the ledger row of (episode, reason, class), creating it if needed.
 #[allow(clippy::too_many_arguments)]
 pub fn record(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     episode: i64,
     reason: DropReason,
     kind: i64,

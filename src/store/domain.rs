@@ -13,7 +13,7 @@
 //! from its last committed state ([`super::Store::engine_state`]); the next save replaces the
 //! row, the file keeps what it said. Both show as `health.store.memory_errors`.
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::StoreError;
 use crate::engine::event::{DowntimeRecord, JobEvent};
@@ -22,7 +22,7 @@ use crate::engine::oee::Bucket;
 use crate::engine::Event;
 
 fn upsert_downtime(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     equipment: &str,
     d: &DowntimeRecord,
     reason_by: Option<&str>,
@@ -52,7 +52,7 @@ fn upsert_downtime(
 
 /// Writes the domain rows of one engine event (state and telemetry rows are written by the
 /// caller).
-pub fn write(tx: &Transaction<'_>, event: &Event) -> Result<(), StoreError> {
+pub fn write(tx: &Connection, event: &Event) -> Result<(), StoreError> {
     match event {
         Event::DowntimeStarted {
             equipment, record, ..
@@ -213,7 +213,7 @@ pub fn write(tx: &Transaction<'_>, event: &Event) -> Result<(), StoreError> {
 
 /// Persists the engine's memory of each equipment (restart and reload continuity).
 pub fn save_memories(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     memories: &[(String, String)],
     now_ms: i64,
 ) -> Result<(), StoreError> {

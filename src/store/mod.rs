@@ -1,8 +1,9 @@
 //! The store: SQLite in `gateway.data_dir`, the gateway's memory and its outbox.
 //!
 //! ## Design constraints
-//! - **Transactional outbox.** An event's domain rows (state intervals, samples) and its outbox
-//!   row are written in one transaction; nothing is published that was not committed first.
+//! - **Transactional outbox.** An event's domain rows (state intervals, downtimes, …) and its
+//!   outbox row are written in one transaction; nothing is published that was not committed
+//!   first.
 //! - **Durability.** WAL journal with `synchronous = FULL`: a transaction that returned from
 //!   `COMMIT` survives power loss (with `NORMAL` the last commits before a power cut may vanish,
 //!   which would break the "no committed event lost" promise). The cost is one fsync per
@@ -10,6 +11,8 @@
 //! - **Ordering.** `outbox.seq` is `INTEGER PRIMARY KEY AUTOINCREMENT`: it starts at 1, only
 //!   grows, is never reused after a row is deleted, and rolled-back transactions consume no
 //!   number — so within a `stream` seq increases by exactly one per message.
+//! - **Statements.** `BEGIN`/`COMMIT` of the core's commit run as cached statements
+//!   ([`Hot`]), and the statement cache holds every statement of a commit.
 //! - **Stream.** A random UUID created in the same transaction as the schema: a new database is
 //!   a new stream, and consumers can tell.
 //! - **Off the runtime.** A `Store` is owned by one thread (the core) and never used from async
@@ -578,7 +581,8 @@ impl Store {
     /// are deleted and recorded in the ledger in the same transaction ([`bounds`]); disk-full
     /// losses noted since the last successful commit are recorded too.
     pub fn commit(&mut self, batch: &Batch<'_>) -> Result<Vec<i64>, StoreError> {
-        let tx = self.conn.transaction()?;
+        let hot = Hot::begin(&self.conn)?;
+        let tx = hot.conn;
         let mut rows = Vec::new();
         let mut inserted = 0u64;
         for event in batch.events {
@@ -586,7 +590,7 @@ impl Store {
             // outbox row alike. Events without one (OEE minutes) are domain rows only.
             let message = event.message();
             let data = message.as_ref().map(|m| m.data.to_string());
-            write_domain_rows(&tx, event, data.as_deref())?;
+            write_domain_rows(tx, event, data.as_deref())?;
             if let (Some(message), Some(data)) = (message, data) {
                 if batch.telemetry_to_outbox || !matches!(event, Event::Telemetry { .. }) {
                     let (row, bytes) =
@@ -658,7 +662,7 @@ impl Store {
                 batch.heartbeat_ms,
             )?;
         }
-        if let Err(e) = tx.commit() {
+        if let Err(e) = hot.commit() {
             self.unrecorded_losses = losses;
             return Err(e.into());
         }
@@ -802,12 +806,47 @@ fn read_recovered(conn: &Connection) -> Option<Recovered> {
     v.and_then(|s| serde_json::from_str(&s).ok())
 }
 
+/// The core's write transaction, begun and committed through cached statements: rusqlite's
+/// `Transaction` parses `BEGIN` and `COMMIT` afresh each time, once per poll on the hot path.
+/// Dropped without [`Hot::commit`] (an error on the way), it rolls back.
+struct Hot<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> Hot<'c> {
+    fn begin(conn: &'c Connection) -> Result<Hot<'c>, StoreError> {
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        Ok(Hot { conn, open: true })
+    }
+
+    fn commit(mut self) -> Result<(), StoreError> {
+        self.conn.prepare_cached("COMMIT")?.execute([])?;
+        self.open = false;
+        Ok(())
+    }
+}
+
+impl Drop for Hot<'_> {
+    fn drop(&mut self) {
+        // A failed COMMIT may already have ended the transaction (SQLITE_FULL rolls back).
+        if self.open && !self.conn.is_autocommit() {
+            if let Err(e) = self.conn.execute_batch("ROLLBACK") {
+                tracing::warn!(error = %e, "rollback of a failed commit failed");
+            }
+        }
+    }
+}
+
 fn configure(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.pragma_update(None, "journal_size_limit", 64i64 << 20)?;
+    // Every statement of a commit stays prepared (rusqlite's default of 16 is fewer than an
+    // event-bearing batch uses, and a miss re-parses the SQL).
+    conn.set_prepared_statement_cache_capacity(64);
     Ok(())
 }
 
@@ -836,11 +875,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 }
 
 /// `data`: the event's wire data as JSON text, when it has one (telemetry's is the sample).
-fn write_domain_rows(
-    tx: &rusqlite::Transaction<'_>,
-    event: &Event,
-    data: Option<&str>,
-) -> Result<(), StoreError> {
+fn write_domain_rows(tx: &Connection, event: &Event, data: Option<&str>) -> Result<(), StoreError> {
     match event {
         Event::StateChanged {
             equipment,

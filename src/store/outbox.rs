@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection};
 
 use super::{StoreError, DB_FILE};
 use crate::engine::Event;
@@ -92,7 +92,7 @@ pub fn estimate_bytes(topic: &str, data: &str) -> usize {
 /// (so the uplink can be handed it without reading it back) and the bytes it counts for
 /// `max_outbox_mb`. `data` is the event's data as JSON text, built once by the caller.
 pub fn insert(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     event: &Event,
     message: &crate::engine::Message,
     data: String,
