@@ -398,8 +398,9 @@ async fn session(
         inflight: u16::try_from(window + OTHERS_SLOTS).unwrap_or(u16::MAX),
         will: (
             format!("{}/status", m.topic_prefix),
-            r#"{"state":"offline"}"#.to_string(),
+            r#"{"state":"offline"}"#.as_bytes().to_vec(),
         ),
+        will_retain: true,
     });
     let mut s = Session {
         client,
