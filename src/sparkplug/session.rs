@@ -147,6 +147,7 @@ pub async fn run(
         let (end, connected_for) =
             session(&settings, bd_seq, &reader, &mut ch, &stats, guard.as_mut()).await;
         gauge.connected.store(false, Ordering::Relaxed);
+        save_state(&reader, &stats);
         if connected_for.is_some() {
             last_error = None;
         }
@@ -189,6 +190,17 @@ async fn recv_live(live: &mut Option<mpsc::Receiver<LiveMessage>>) -> Option<Liv
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Writes the registry's uplink health where `status` reads it, in the background.
+fn save_state(reader: &Arc<Mutex<SpbReader>>, stats: &Registry) {
+    let json = stats.health().to_string();
+    let reader = reader.clone();
+    tokio::spawn(async move {
+        if let Err(e) = with_reader(&reader, move |r| r.save_uplink_state(&json)).await {
+            tracing::debug!(error = %e, "sparkplug: uplink state not saved for status");
+        }
+    });
 }
 
 async fn with_reader<T: Send + 'static>(
@@ -612,6 +624,7 @@ impl Session<'_> {
                     .connected
                     .store(true, Ordering::Relaxed);
                 tracing::info!(bd_seq = self.bd_seq, "sparkplug: connected");
+                save_state(self.reader, self.stats);
                 let subscribe =
                     |c: &Client, f: String| c.subscribe(f).map_err(|_| SessionError::ClientGone);
                 subscribe(&self.client, self.topics.node("NCMD"))?;
@@ -742,6 +755,7 @@ impl Session<'_> {
             .sparkplug
             .commands_refused
             .fetch_add(1, Ordering::Relaxed);
+        save_state(self.reader, self.stats);
         if self
             .last_refusal_log
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))

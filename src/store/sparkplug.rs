@@ -238,6 +238,18 @@ impl SpbReader {
             .execute(params![id])?)
     }
 
+    /// Records the uplink health (the registry's, `sparkplug` included) for `status`, like
+    /// the CloudEvents uplink does (with `cloudevents = false` nobody else would).
+    pub fn save_uplink_state(&self, json: &str) -> Result<(), StoreError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('uplink', ?1)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![json])?;
+        Ok(())
+    }
+
     /// Rows waiting and the `created_ms` of the oldest.
     pub fn depth(&self) -> Result<(u64, Option<i64>), StoreError> {
         let (n, oldest): (i64, Option<i64>) = self.conn.query_row(
