@@ -16,7 +16,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failing bench may panic
 
 #[path = "../tests/common/mod.rs"]
-#[allow(unused_imports, dead_code)]
+#[allow(unused_imports)]
 mod common;
 
 use std::sync::atomic::Ordering;

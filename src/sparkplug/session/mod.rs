@@ -30,6 +30,9 @@
 //!   `P/reply` answers and the fences.
 //! - Never publishes a value the store did not commit.
 
+mod births;
+mod inbound;
+
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -38,10 +41,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 
-use super::codec::{self, Command, Out, BD_SEQ, QUALITY_BAD, REBIRTH};
+use super::codec::{self, Out, BD_SEQ};
 use super::host::HostState;
-use super::model::{Catalogue, Reading, NODE_METRICS};
-use super::proto::{DataType, Metric};
+use super::model::Catalogue;
+use super::proto::Metric;
 use crate::config::{Mqtt, MqttUrl, Sparkplug};
 use crate::health::Registry;
 use crate::store::sparkplug::{SpbReader, SpbRow};
@@ -408,127 +411,6 @@ impl Session<'_> {
         codec::payload(now_ms(), Some(seq), metrics)
     }
 
-    /// NBIRTH and every DBIRTH, from the committed current values (module doc).
-    async fn birth(&mut self) -> Result<(), SessionError> {
-        let snap = with_reader(self.reader, |r| r.birth()).await?;
-        let (depth, oldest) = with_reader(self.reader, |r| r.depth()).await?;
-        let now = now_ms();
-        self.seq = 0;
-        let mut metrics = vec![
-            codec::bd_seq_metric(self.bd_seq, now),
-            codec::metric(&Out {
-                name: Some(REBIRTH),
-                alias: None,
-                datatype: DataType::Boolean,
-                with_datatype: true,
-                value: &serde_json::json!(false),
-                quality: None,
-                timestamp_ms: now,
-                historical: false,
-            }),
-        ];
-        for (i, v) in self.node_values(depth, oldest).iter().enumerate() {
-            let (name, datatype, alias) = NODE_METRICS[i];
-            metrics.push(codec::metric(&Out {
-                name: Some(name),
-                alias: Some(alias),
-                datatype,
-                with_datatype: true,
-                value: v,
-                quality: None,
-                timestamp_ms: now,
-                historical: false,
-            }));
-        }
-        self.last_node = Some((depth, oldest));
-        let payload = self.payload(metrics);
-        self.publish(self.topics.node("NBIRTH"), Tag::Plain, payload)?;
-        let missing = Reading {
-            v: serde_json::Value::Null,
-            q: None,
-        };
-        for dev in &self.settings.catalogue.devices {
-            let values = snap.values.get(&dev.code);
-            let metrics = dev
-                .metrics
-                .iter()
-                .map(|def| {
-                    let r = values
-                        .and_then(|v| v.metrics.get(&def.name))
-                        .unwrap_or(&missing);
-                    // A signal never read yet is bad until its first poll says otherwise.
-                    let quality = match r.q {
-                        None if def.name.starts_with("Signals/") => Some(QUALITY_BAD),
-                        q => q,
-                    };
-                    codec::metric(&Out {
-                        name: Some(&def.name),
-                        alias: Some(def.alias),
-                        datatype: def.datatype,
-                        with_datatype: true,
-                        value: &r.v,
-                        quality,
-                        timestamp_ms: now,
-                        historical: false,
-                    })
-                })
-                .collect();
-            let seq = self.next_seq() as u8;
-            let payload = codec::payload(now, Some(seq), metrics);
-            self.publish(self.topics.device("DBIRTH", &dev.code), Tag::Plain, payload)?;
-        }
-        self.historical_through = snap.through;
-        // Rows fetched but not sent are read again: they may now be historical.
-        self.page.clear();
-        self.dirty = true;
-        self.born = true;
-        self.stats.sparkplug.births.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(
-            bd_seq = self.bd_seq,
-            devices = self.settings.catalogue.devices.len(),
-            historical_through = snap.through,
-            "sparkplug: NBIRTH and DBIRTHs published"
-        );
-        Ok(())
-    }
-
-    fn node_values(&self, depth: u64, oldest: Option<i64>) -> [serde_json::Value; 3] {
-        let age = oldest.map(|t| ((now_ms() - t).max(0)) as f64 / 1000.0);
-        [
-            serde_json::json!(self.settings.version),
-            serde_json::json!(depth),
-            age.map_or(serde_json::Value::Null, |a| serde_json::json!(a)),
-        ]
-    }
-
-    /// NDATA with the outbox gauges when they changed.
-    async fn node_data(&mut self) -> Result<(), SessionError> {
-        let (depth, oldest) = with_reader(self.reader, |r| r.depth()).await?;
-        if self.last_node == Some((depth, oldest)) {
-            return Ok(());
-        }
-        self.last_node = Some((depth, oldest));
-        let now = now_ms();
-        let values = self.node_values(depth, oldest);
-        let metrics = (1..3)
-            .map(|i| {
-                let (_, datatype, alias) = NODE_METRICS[i];
-                codec::metric(&Out {
-                    name: None,
-                    alias: Some(alias),
-                    datatype,
-                    with_datatype: false,
-                    value: &values[i],
-                    quality: None,
-                    timestamp_ms: now,
-                    historical: false,
-                })
-            })
-            .collect();
-        let payload = self.payload(metrics);
-        self.publish(self.topics.node("NDATA"), Tag::Plain, payload)
-    }
-
     /// Sends stored rows while the client has room; fences as the module doc says.
     async fn pump(&mut self) -> Result<(), SessionError> {
         if !self.born {
@@ -665,136 +547,6 @@ impl Session<'_> {
             Wire::Lost(lost) => return Err(SessionError::Lost(lost)),
         }
         Ok(None)
-    }
-
-    async fn on_inbound(
-        &mut self,
-        p: client::Inbound,
-        ch: &mut SpbChannels,
-    ) -> Result<Option<End>, SessionError> {
-        if Some(&p.topic) == self.topics.state.as_ref() {
-            let changed = self.host.apply(&p.payload);
-            let online = self.host.is_online();
-            self.stats
-                .sparkplug
-                .host_online
-                .store(i64::from(online), Ordering::Relaxed);
-            if changed && online && !self.born {
-                self.birth().await?;
-            } else if changed && !online && self.born {
-                self.death(&[]);
-                let _ = self.client.disconnect();
-                return Ok(Some(End::HostOffline));
-            }
-            return Ok(None);
-        }
-        let ncmd = self.topics.node("NCMD");
-        let dcmd = format!("{}/DCMD/{}/", self.topics.ns, self.topics.node);
-        if p.topic == ncmd || p.topic.starts_with(&dcmd) {
-            match codec::command(&p.payload, p.topic == ncmd) {
-                Command::Rebirth => {
-                    tracing::info!("sparkplug: rebirth requested by NCMD");
-                    self.stats
-                        .sparkplug
-                        .rebirths
-                        .fetch_add(1, Ordering::Relaxed);
-                    if self.born {
-                        self.birth().await?;
-                    }
-                }
-                Command::Write(names) => self.refuse(&p.topic, &names),
-                Command::Undecodable => self.refuse(&p.topic, &["(undecodable payload)".into()]),
-                Command::Nothing => {}
-            }
-            return Ok(None);
-        }
-        if let Some(g) = self.guard.as_deref_mut() {
-            let verdict = g.check(
-                &self.topics.prefix,
-                &p.topic,
-                &p.payload,
-                p.retain,
-                std::time::Instant::now(),
-                jiff::Timestamp::now().as_millisecond(),
-            );
-            let refusal = match verdict {
-                guard::Verdict::Ignore => None,
-                guard::Verdict::Accept { path } => {
-                    let cmd = InboundCommand::unbudgeted(path, p.payload.to_vec());
-                    match ch.commands.as_ref().map(|c| c.try_send(cmd)) {
-                        Some(Ok(())) => None,
-                        _ => {
-                            let request_id = guard::request_id_of(&p.payload);
-                            g.forget(request_id.as_str().unwrap_or_default());
-                            Some((
-                                request_id,
-                                "gateway busy: command queue full, try again".to_string(),
-                            ))
-                        }
-                    }
-                }
-                guard::Verdict::Reject { request_id, error } => Some((request_id, error)),
-            };
-            if let Some((request_id, error)) = refusal {
-                self.stats.commands_rejected.fetch_add(1, Ordering::Relaxed);
-                let topic = format!("{}/reply", self.topics.prefix);
-                let _ = self.publish(
-                    topic,
-                    Tag::Other,
-                    guard::reply(&request_id, &error).into_bytes(),
-                );
-            }
-        }
-        Ok(None)
-    }
-
-    /// A DCMD/NCMD write: refused (the gateway is read-only), counted, logged at most once a
-    /// minute.
-    fn refuse(&mut self, topic: &str, names: &[String]) {
-        self.stats
-            .sparkplug
-            .commands_refused
-            .fetch_add(1, Ordering::Relaxed);
-        save_state(self.reader, self.stats);
-        if self
-            .last_refusal_log
-            .is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
-        {
-            self.last_refusal_log = Some(Instant::now());
-            tracing::warn!(%topic, metrics = ?names, refused = self.stats.sparkplug.commands_refused.load(Ordering::Relaxed),
-                "sparkplug: command refused: the gateway is read-only (only Node Control/Rebirth is honoured)");
-        }
-    }
-
-    /// Replies from the core (`cloudevents = false`); live telemetry is not sent (nothing
-    /// under `P/` but replies).
-    fn on_live(&mut self, msg: LiveMessage) {
-        if msg.topic == "reply" && self.connected {
-            let topic = format!("{}/reply", self.topics.prefix);
-            if self
-                .publish(topic, Tag::Other, msg.payload.into_bytes())
-                .is_err()
-            {
-                self.stats.replies_dropped.fetch_add(1, Ordering::Relaxed);
-            }
-        } else if msg.topic == "reply" {
-            self.stats.replies_dropped.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.stats.live_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// DDEATH for `retired`, then NDEATH (QoS 1, this session's `bdSeq`).
-    fn death(&mut self, retired: &[String]) {
-        for code in retired {
-            if self.born && self.settings.catalogue.device(code).is_some() {
-                let payload = self.payload(Vec::new());
-                let _ = self.publish(self.topics.device("DDEATH", code), Tag::Plain, payload);
-            }
-        }
-        let payload = codec::ndeath(self.bd_seq, now_ms());
-        let _ = self.publish(self.topics.node("NDEATH"), Tag::Other, payload);
-        self.born = false;
     }
 
     /// Clean shutdown: a last fence (so delivered rows are not resent), DDEATH for equipment
