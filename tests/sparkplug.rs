@@ -581,3 +581,52 @@ async fn with_cloudevents_off_only_sparkplug_is_published_and_commands_still_wor
     }
     assert_decoded(&host);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_sends_ddeath_for_removed_equipment_and_dbirth_for_added_equipment() {
+    let rig = rig("").await;
+    let host = Host::start(rig.broker.port, "unused").await;
+    let daemon = rig.spawn("daemon.log");
+    host.wait("births", Duration::from_secs(30), |m| {
+        of_type(m, "DBIRTH").len() >= 2
+    })
+    .await;
+    let bd = bd_seq(of_type(&host.msgs(), "NBIRTH")[0]);
+    // Rename the bagger: to the daemon, BP01.PACK.BAG1 is removed and BP01.PACK.BAG2 added.
+    let renamed = rig
+        .config_text
+        .replace(&format!("code = \"{BAGGER}\""), "code = \"BP01.PACK.BAG2\"");
+    assert_ne!(renamed, rig.config_text);
+    std::fs::write(&rig.config_path, &renamed).unwrap();
+    common::unsafe_kill(daemon.child.id(), "HUP");
+    host.wait("the new session's births", Duration::from_secs(30), |m| {
+        of_type(m, "NBIRTH").len() >= 2 && of_type(m, "DBIRTH").len() >= 4
+    })
+    .await;
+    let node = host.node();
+    let ddeath = of_type(&node, "DDEATH");
+    assert_eq!(ddeath.len(), 1, "one DDEATH: {ddeath:?}");
+    assert_eq!(ddeath[0]["device"], BAGGER);
+    let reborn = node
+        .iter()
+        .position(|v| v["type"] == "NBIRTH" && bd_seq(v) != bd)
+        .unwrap();
+    let ndeath = node.iter().position(|v| v["type"] == "NDEATH").unwrap();
+    let dd = node.iter().position(|v| v["type"] == "DDEATH").unwrap();
+    assert!(
+        dd < ndeath && ndeath < reborn,
+        "DDEATH, NDEATH, then the new NBIRTH"
+    );
+    assert_eq!(bd_seq(&node[reborn]), (bd + 1) % 256);
+    let births: Vec<&str> = node[reborn..]
+        .iter()
+        .filter(|v| v["type"] == "DBIRTH")
+        .map(|v| v["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        births,
+        ["BP01.PACK.BAG2", LOADER],
+        "the added one is born, the removed one not"
+    );
+    assert_decoded(&host);
+}
