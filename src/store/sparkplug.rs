@@ -48,9 +48,20 @@ CREATE TABLE spb_current (
 );
 "#;
 
+/// What one row counts for the bound besides its `metrics` text (id, equipment, times).
+const ROW_OVERHEAD: u64 = 64;
+
 /// The store's Sparkplug side, when `[sparkplug]` is configured.
 pub struct Spb {
     recorder: Recorder,
+    /// `max_outbox_mb` in bytes: the Sparkplug queue is bounded on its own (module doc).
+    limit: u64,
+    /// Upper estimate of the queue's bytes (last exact count + bytes inserted since; the
+    /// session's deletes only make the truth smaller).
+    estimate: u64,
+    /// Rows dropped for the bound since start, and whether an episode is open (logged once).
+    dropped: u64,
+    dropping: bool,
     /// Whether CloudEvents outbox rows are written at all (`sparkplug.cloudevents`).
     pub(super) cloudevents: bool,
     /// Woken after each commit that wrote Sparkplug rows.
@@ -66,13 +77,75 @@ impl Store {
         notify: Arc<Notify>,
     ) -> Result<(), StoreError> {
         let current = read_current(&self.conn)?;
+        let estimate = queue_bytes(&self.conn)?;
         self.sparkplug = Some(Spb {
             recorder: Recorder::with(current),
+            limit: self.limits.max_outbox_bytes,
+            estimate,
+            dropped: 0,
+            dropping: false,
             cloudevents,
             notify,
         });
         Ok(())
     }
+}
+
+/// The bytes the queue counts for the bound, exactly.
+fn queue_bytes(conn: &Connection) -> Result<u64, StoreError> {
+    let n: i64 = conn.query_row(
+        &format!("SELECT coalesce(sum(length(metrics) + {ROW_OVERHEAD}), 0) FROM spb_outbox"),
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(n.max(0) as u64)
+}
+
+/// Keeps the queue under `max_outbox_mb`: past it, the oldest rows go until it is under 90 %
+/// (the oldest data is the least useful to a host that has been away that long). Returns how
+/// many rows were dropped.
+fn bound(tx: &Transaction<'_>, spb: &mut Spb) -> Result<u64, StoreError> {
+    if spb.estimate <= spb.limit {
+        return Ok(0);
+    }
+    let exact = queue_bytes(tx)?;
+    spb.estimate = exact;
+    if exact <= spb.limit {
+        if spb.dropping && exact <= spb.limit / 10 * 9 {
+            spb.dropping = false;
+            tracing::info!("sparkplug queue back under max_outbox_mb; drop episode over");
+        }
+        return Ok(0);
+    }
+    let target = spb.limit / 10 * 9;
+    let mut freed = 0u64;
+    let mut last = None;
+    {
+        let mut oldest = tx.prepare_cached(&format!(
+            "SELECT id, length(metrics) + {ROW_OVERHEAD} FROM spb_outbox ORDER BY id"
+        ))?;
+        let mut rows = oldest.query([])?;
+        while exact - freed > target {
+            let Some(row) = rows.next()? else { break };
+            last = Some(row.get::<_, i64>(0)?);
+            freed += row.get::<_, i64>(1)?.max(0) as u64;
+        }
+    }
+    let Some(last) = last else { return Ok(0) };
+    let n = tx
+        .prepare_cached("DELETE FROM spb_outbox WHERE id <= ?1")?
+        .execute(params![last])? as u64;
+    spb.estimate = exact - freed;
+    spb.dropped += n;
+    if !spb.dropping {
+        spb.dropping = true;
+        tracing::warn!(
+            limit_bytes = spb.limit,
+            dropped = n,
+            "sparkplug queue reached max_outbox_mb: dropping its oldest DDATA until the host is back"
+        );
+    }
+    Ok(n)
 }
 
 fn read_current(conn: &Connection) -> Result<BTreeMap<String, Values>, StoreError> {
@@ -110,13 +183,12 @@ pub(super) fn stage(
         "INSERT INTO spb_outbox (equipment, time_ms, metrics, created_ms) VALUES (?1, ?2, ?3, ?4)",
     )?;
     for row in &rows {
-        insert.execute(params![
-            row.equipment,
-            row.time_ms,
-            serde_json::to_string(&row.metrics)?,
-            now_ms
-        ])?;
+        let metrics = serde_json::to_string(&row.metrics)?;
+        spb.estimate += metrics.len() as u64 + ROW_OVERHEAD;
+        insert.execute(params![row.equipment, row.time_ms, metrics, now_ms])?;
     }
+    drop(insert);
+    bound(tx, spb)?;
     let mut current = tx.prepare_cached(
         "INSERT INTO spb_current (equipment, data) VALUES (?1, ?2)
          ON CONFLICT(equipment) DO UPDATE SET data = excluded.data",
@@ -258,5 +330,82 @@ impl SpbReader {
             |r| Ok((r.get(0)?, r.get(1)?)),
         )?;
         Ok((n.max(0) as u64, oldest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MachineState;
+    use crate::store::{Batch, Limits};
+
+    fn change(i: i64) -> Event {
+        let (from, to) = if i % 2 == 0 {
+            (MachineState::Running, MachineState::Stopped)
+        } else {
+            (MachineState::Stopped, MachineState::Running)
+        };
+        Event::StateChanged {
+            equipment: "EQ".into(),
+            from,
+            to,
+            at_ms: 1_000 + i,
+        }
+    }
+
+    #[test]
+    fn rows_are_committed_in_order_and_the_queue_is_bounded_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = Limits {
+            max_outbox_bytes: 20_000,
+            ..Limits::default()
+        };
+        let mut store = Store::open_with(dir.path(), limits).unwrap();
+        store
+            .enable_sparkplug(false, Arc::new(Notify::new()))
+            .unwrap();
+        for chunk in (0..2_000).collect::<Vec<i64>>().chunks(50) {
+            let events: Vec<Event> = chunk.iter().map(|&i| change(i)).collect();
+            store
+                .commit(&Batch {
+                    events: &events,
+                    ..Batch::default()
+                })
+                .unwrap();
+        }
+        let mut reader = SpbReader::open(dir.path()).unwrap();
+        let rows = reader.fetch(0, 10_000).unwrap();
+        assert!(!rows.is_empty());
+        assert!(rows.len() < 2_000, "bounded: {} rows", rows.len());
+        let bytes: usize = rows
+            .iter()
+            .map(|r| serde_json::to_string(&r.metrics).unwrap().len() + ROW_OVERHEAD as usize)
+            .sum();
+        assert!(bytes <= 20_000, "{bytes} bytes");
+        assert_eq!(
+            rows.last().unwrap().time_ms,
+            1_000 + 1_999,
+            "the newest is kept"
+        );
+        assert!(
+            rows.windows(2).all(|w| w[0].id + 1 == w[1].id),
+            "contiguous, in order"
+        );
+        // No CloudEvents rows with cloudevents = false.
+        assert_eq!(
+            crate::store::ReadOnly::open(dir.path())
+                .unwrap()
+                .snapshot()
+                .unwrap()
+                .outbox_depth,
+            0
+        );
+        // The BIRTH snapshot: the current value and the last row it includes.
+        let birth = reader.birth().unwrap();
+        assert_eq!(birth.through, rows.last().unwrap().id);
+        assert_eq!(birth.values["EQ"].metrics["State/state"].v, "running");
+        assert_eq!(reader.next_bd_seq().unwrap(), 0);
+        assert_eq!(reader.next_bd_seq().unwrap(), 1);
+        assert_eq!(reader.delete_through(birth.through).unwrap(), rows.len());
     }
 }

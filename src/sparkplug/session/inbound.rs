@@ -27,8 +27,7 @@ impl Session<'_> {
             if changed && online && !self.born {
                 self.birth().await?;
             } else if changed && !online && self.born {
-                self.death(&[]);
-                let _ = self.client.disconnect();
+                // The session loop says goodbye (fence, NDEATH, DISCONNECT) and reconnects.
                 return Ok(Some(End::HostOffline));
             }
             return Ok(None);

@@ -359,6 +359,10 @@ async fn session(
                 let Some(w) = w else { break End::Failed(SessionError::ClientGone) };
                 let was = s.connected;
                 match s.on_wire(w, ch).await {
+                    Ok(Some(End::HostOffline)) => {
+                        s.goodbye(&mut wire, &[]).await;
+                        break End::HostOffline;
+                    }
                     Ok(Some(end)) => break end,
                     Ok(None) => {}
                     Err(e) => break End::Failed(e),
