@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod notify;
 pub mod sample;
 pub mod sim;
+pub mod sparkplug;
 pub mod status;
 pub mod store;
 pub mod top;

@@ -160,6 +160,15 @@ fn check_config(path: &std::path::Path) -> ExitCode {
                     ))
                     .unwrap_or_else(|| "none".into())
             );
+            if let Some(s) = &c.sparkplug {
+                println!(
+                    "sparkplug: group {}, edge node {}, primary host {}, cloudevents {}",
+                    s.group_id,
+                    s.edge_node_id,
+                    s.primary_host_id.as_deref().unwrap_or("none"),
+                    if s.cloudevents { "on" } else { "off" }
+                );
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {

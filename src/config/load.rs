@@ -27,6 +27,7 @@
 //! | `mqtt` | `[mqtt]` |
 //! | `commands` | `[commands]` |
 //! | `metrics` | `[metrics]` |
+//! | `sparkplug` | `[sparkplug]` |
 //! | `plc` | `[[plc]]` |
 //! | `calendar` | `[[shift]]`, `[[planned_stop]]` |
 //! | `equipment` | `[[equipment]]`, its `oee_targets`, `[[equipment.fault]]`, `andon` |
@@ -73,6 +74,7 @@ mod metrics;
 mod mqtt;
 mod plc;
 mod signal;
+mod sparkplug;
 mod syntax;
 #[cfg(test)]
 mod testing;
@@ -318,6 +320,7 @@ impl Compiler<'_, '_> {
                 "equipment",
                 "commands",
                 "metrics",
+                "sparkplug",
             ],
         );
 
@@ -348,6 +351,10 @@ impl Compiler<'_, '_> {
             .cx
             .table(root, "metrics", Need::Optional)
             .map(|t| self.metrics(&t));
+        let sparkplug = self
+            .cx
+            .table(root, "sparkplug", Need::Optional)
+            .map(|t| self.sparkplug(&t, gateway_id, mqtt.is_some()));
         let storage = match self.cx.table(root, "storage", Need::Optional) {
             Some(t) => self.storage(&t),
             None => Storage {
@@ -432,6 +439,10 @@ impl Compiler<'_, '_> {
             metrics: match metrics {
                 None => None,
                 Some(m) => Some(m?),
+            },
+            sparkplug: match sparkplug {
+                None => None,
+                Some(s) => Some(s?),
             },
         })
     }

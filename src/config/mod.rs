@@ -64,6 +64,27 @@ pub struct Config {
     pub commands: Commands,
     /// `[metrics]` (SPEC §10); `None` when the table is absent: no HTTP server.
     pub metrics: Option<Metrics>,
+    /// `[sparkplug]` (SPEC §8); `None` when the table is absent: no Sparkplug session.
+    pub sparkplug: Option<Sparkplug>,
+}
+
+/// `[sparkplug]` (SPEC §8): the gateway as a Sparkplug B edge node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sparkplug {
+    pub group_id: String,
+    pub edge_node_id: String,
+    /// Birth only while this host's `spBv1.0/STATE/{host}` says online.
+    pub primary_host_id: Option<String>,
+    /// Also publish SPEC §4's CloudEvents topics (over their own connection).
+    pub cloudevents: bool,
+}
+
+impl Config {
+    /// Whether the CloudEvents connection runs (`[mqtt]` present and not
+    /// `sparkplug.cloudevents = false`).
+    pub fn cloudevents(&self) -> bool {
+        self.mqtt.is_some() && self.sparkplug.as_ref().is_none_or(|s| s.cloudevents)
+    }
 }
 
 impl Config {

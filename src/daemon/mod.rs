@@ -342,6 +342,8 @@ struct Pipeline {
     core_done: Arc<Notify>,
     /// `None` without an `[mqtt]` section.
     uplink: Option<tokio::task::JoinHandle<()>>,
+    /// The Sparkplug session (`[sparkplug]`); it publishes DDEATH/NDEATH when stopped.
+    sparkplug: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Pipeline {
@@ -398,7 +400,12 @@ impl Pipeline {
         // Committed rows go straight to the uplink (it reads SQLite only to catch up).
         let (fresh_tx, fresh_rx) = mpsc::channel(uplink::FRESH_ROWS);
         let committed = Arc::new(std::sync::atomic::AtomicI64::new(0));
-        if config.mqtt.is_some() {
+        // Sparkplug (SPEC §8): the store writes its rows in every commit and wakes the session.
+        let spb_changed = Arc::new(Notify::new());
+        if config.sparkplug.is_some() && config.mqtt.is_some() {
+            store.enable_sparkplug(config.cloudevents(), spb_changed.clone())?;
+        }
+        if config.cloudevents() {
             store.set_handoff(crate::store::Handoff {
                 rows: fresh_tx,
                 committed: committed.clone(),
@@ -431,7 +438,7 @@ impl Pipeline {
                 notifier: notifier.clone(),
                 takeover,
                 carried,
-                retire: retire_rx,
+                retire: retire_rx.clone(),
                 restored: restored_tx,
             };
             std::thread::Builder::new()
@@ -455,8 +462,47 @@ impl Pipeline {
                 .unwrap_or_else(|| DaemonError::Core("the core stopped while starting".into())));
         }
 
-        let uplink = match &config.mqtt {
-            Some(mqtt) => {
+        let (cmd_tx, live_rx, sparkplug) = match (&config.mqtt, &config.sparkplug) {
+            (Some(mqtt), Some(spb)) => {
+                // With `cloudevents = false` the Sparkplug connection carries the commands.
+                let own = !config.cloudevents();
+                let reader = crate::store::sparkplug::SpbReader::open(&config.gateway.data_dir)?;
+                let settings = crate::sparkplug::session::SpbSettings {
+                    mqtt: mqtt.clone(),
+                    sparkplug: spb.clone(),
+                    catalogue: crate::sparkplug::model::Catalogue::of(config),
+                    version: crate::version_string(),
+                    guard: own.then(|| {
+                        uplink::guard::GuardSettings::from_config(
+                            config,
+                            uplink::signature::load_key(&config.commands),
+                        )
+                    }),
+                };
+                let (commands, live, cmd_tx, live_rx) = if own {
+                    (Some(cmd_tx), Some(live_rx), None, None)
+                } else {
+                    (None, None, Some(cmd_tx), Some(live_rx))
+                };
+                let channels = crate::sparkplug::session::SpbChannels {
+                    changed: spb_changed,
+                    shutdown: stop_rx.clone(),
+                    retire: retire_rx,
+                    commands,
+                    live,
+                };
+                let task = tokio::spawn(crate::sparkplug::session::run(
+                    settings,
+                    reader,
+                    channels,
+                    observers.uplink.clone(),
+                ));
+                (cmd_tx, live_rx, Some(task))
+            }
+            _ => (Some(cmd_tx), Some(live_rx), None),
+        };
+        let uplink = match (&config.mqtt, cmd_tx, live_rx) {
+            (Some(mqtt), Some(cmd_tx), Some(live_rx)) => {
                 let reader = crate::store::outbox::OutboxReader::open(&config.gateway.data_dir)?;
                 let settings = uplink::UplinkSettings {
                     mqtt: mqtt.clone(),
@@ -485,14 +531,14 @@ impl Pipeline {
                     observers.uplink.clone(),
                 )))
             }
-            None => {
+            (None, _, _) => {
                 tracing::info!(
                     "no [mqtt] section: events are kept in the outbox until a broker is configured"
                 );
-                drop(cmd_tx);
-                drop(live_rx);
                 None
             }
+            // `sparkplug.cloudevents = false`: no CloudEvents connection.
+            _ => None,
         };
 
         let handles = spawn_plcs(config, clock, poll_tx, stop_rx);
@@ -508,6 +554,7 @@ impl Pipeline {
             core,
             core_done,
             uplink,
+            sparkplug,
         })
     }
 
@@ -530,6 +577,11 @@ impl Pipeline {
         //    outbox for the next session.
         if let Some(uplink) = self.uplink {
             let _ = uplink.await;
+        }
+        // 6. The Sparkplug session, stopped in step 2 too: a last fence, DDEATH for the
+        //    equipment a reload removes, NDEATH, DISCONNECT.
+        if let Some(sparkplug) = self.sparkplug {
+            let _ = sparkplug.await;
         }
         core_result
     }

@@ -102,6 +102,7 @@ pub(crate) fn config(publish_interval_ms: u64) -> Config {
         equipment: vec![equipment],
         commands: Default::default(),
         metrics: None,
+        sparkplug: None,
     }
 }
 

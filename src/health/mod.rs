@@ -24,6 +24,7 @@
 //! The exposition format lives in [`crate::metrics`]; this module knows no HTTP.
 
 pub mod events;
+pub mod sparkplug;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -195,6 +196,8 @@ pub struct Registry {
     dropped: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     progress: Mutex<Progress>,
     ready_max_backlog_ms: AtomicU64,
+    /// The Sparkplug session's numbers ([`sparkplug`]).
+    pub sparkplug: sparkplug::SparkplugGauge,
 }
 
 impl Default for Registry {
@@ -226,6 +229,7 @@ impl Default for Registry {
                 budget: Duration::from_secs(10),
             }),
             ready_max_backlog_ms: AtomicU64::new(300_000),
+            sparkplug: sparkplug::SparkplugGauge::default(),
         }
     }
 }
@@ -270,6 +274,9 @@ impl Registry {
         }
         self.mqtt_configured
             .store(config.mqtt.is_some(), Ordering::Relaxed);
+        self.sparkplug
+            .configured
+            .store(config.sparkplug.is_some(), Ordering::Relaxed);
         if let Some(m) = &config.metrics {
             self.ready_max_backlog_ms
                 .store(m.ready_max_backlog_s * 1000, Ordering::Relaxed);
@@ -300,7 +307,7 @@ impl Registry {
 
     /// The uplink's part of `P/status` and `status`: broker and refusals and drops.
     pub fn health(&self) -> serde_json::Value {
-        serde_json::json!({
+        let mut health = serde_json::json!({
             "connected": self.connected.load(Ordering::Relaxed),
             "broker": self.broker(),
             "refused": self.refused(),
@@ -310,7 +317,11 @@ impl Registry {
             "status_dropped": self.status_dropped.load(Ordering::Relaxed),
             "commands_rejected": self.commands_rejected.load(Ordering::Relaxed),
             "inbound_oversized": self.inbound_oversized.load(Ordering::Relaxed),
-        })
+        });
+        if self.sparkplug.configured.load(Ordering::Relaxed) {
+            health["sparkplug"] = self.sparkplug.json();
+        }
+        health
     }
 
     /// Every broker with a `mqtt_connected` series, and whether it is the one in use.

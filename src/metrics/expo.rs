@@ -227,7 +227,50 @@ pub fn render(reg: &Registry, now: Instant, now_ms: i64) -> String {
         ],
         1,
     );
+    if reg
+        .sparkplug
+        .configured
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        sparkplug(&mut o.text, &reg.sparkplug);
+    }
     o.text
+}
+
+/// The Sparkplug families (SPEC §8), only with `[sparkplug]`.
+fn sparkplug(text: &mut String, g: &crate::health::sparkplug::SparkplugGauge) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let families: [(&str, &str, &str, u64); 4] = [
+        (
+            "ms5_edge_sparkplug_connected",
+            "gauge",
+            "1 while the Sparkplug edge node's MQTT connection is up.",
+            u64::from(g.connected.load(Relaxed)),
+        ),
+        (
+            "ms5_edge_sparkplug_bdseq",
+            "gauge",
+            "The bdSeq of the current Sparkplug session.",
+            g.bd_seq.load(Relaxed),
+        ),
+        (
+            "ms5_edge_sparkplug_ddata_total",
+            "counter",
+            "Sparkplug DDATA messages published (live and historical).",
+            g.ddata.load(Relaxed),
+        ),
+        (
+            "ms5_edge_sparkplug_commands_refused_total",
+            "counter",
+            "Sparkplug DCMD/NCMD writes refused (the gateway is read-only).",
+            g.commands_refused.load(Relaxed),
+        ),
+    ];
+    for (name, kind, help, value) in families {
+        let _ = writeln!(text, "# HELP {name} {help}");
+        let _ = writeln!(text, "# TYPE {name} {kind}");
+        let _ = writeln!(text, "{name} {value}");
+    }
 }
 
 #[cfg(test)]

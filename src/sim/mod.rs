@@ -120,6 +120,8 @@ struct Shared {
     closed: AtomicBool,
     /// Requests answered (with data or an exception), for tests of what a client sends.
     requests: AtomicU64,
+    /// Write requests received (all refused), for tests that nothing is ever written.
+    writes: AtomicU64,
 }
 
 impl Shared {
@@ -189,6 +191,7 @@ pub async fn start_at(
         online: AtomicBool::new(true),
         closed: AtomicBool::new(false),
         requests: AtomicU64::new(0),
+        writes: AtomicU64::new(0),
     });
     let (online_tx, online_rx) = watch::channel(true);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -227,6 +230,12 @@ impl SimHandle {
     /// How many requests the server has answered so far, exceptions included.
     pub fn requests_served(&self) -> u64 {
         self.shared.requests.load(Ordering::SeqCst)
+    }
+
+    /// How many write requests (any write function code) the server received; it refuses
+    /// them all.
+    pub fn writes_received(&self) -> u64 {
+        self.shared.writes.load(Ordering::SeqCst)
     }
 
     /// Forces values (or freezes time); `Override::default()` follows the scenario again.
@@ -325,6 +334,9 @@ impl Service for SimService {
 
     fn call(&self, req: Self::Request) -> Self::Future {
         self.shared.requests.fetch_add(1, Ordering::SeqCst);
+        if registers::is_write(&req.request) {
+            self.shared.writes.fetch_add(1, Ordering::SeqCst);
+        }
         let result = match req.slave {
             0 | 1 | 255 => registers::answer(&self.shared.image(), &req.request),
             _ => Err(ExceptionCode::GatewayTargetDevice),

@@ -118,6 +118,17 @@ pub fn answer(image: &Image, request: &Request<'_>) -> Result<Response, Exceptio
     }
 }
 
+/// Whether `request` writes anything (the simulator refuses every write).
+pub fn is_write(request: &Request<'_>) -> bool {
+    !matches!(
+        request,
+        Request::ReadCoils(..)
+            | Request::ReadDiscreteInputs(..)
+            | Request::ReadHoldingRegisters(..)
+            | Request::ReadInputRegisters(..)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

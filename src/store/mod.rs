@@ -57,6 +57,7 @@ pub mod outbox;
 pub mod pending;
 pub mod recovery;
 pub mod retention;
+pub mod sparkplug;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -246,6 +247,8 @@ CREATE TABLE engine_memory (
     updated_ms INTEGER NOT NULL
 );
 "#,
+    // Sparkplug B (issue 11): the Sparkplug queue of the outbox and the current values.
+    sparkplug::SCHEMA,
 ];
 
 /// The gateway's database, owned by the core thread.
@@ -277,6 +280,8 @@ pub struct Store {
     /// just written. Best effort: a full channel (or a commit that dropped rows for the bound)
     /// leaves a `seq` gap the uplink notices, and it then reads SQLite as before.
     handoff: Option<Handoff>,
+    /// `[sparkplug]`: its rows are written with every commit ([`sparkplug`]).
+    sparkplug: Option<sparkplug::Spb>,
 }
 
 /// The uplink's side of the committed-rows fast path.
@@ -495,6 +500,7 @@ impl Store {
             memory_errors: 0,
             file_id,
             handoff: None,
+            sparkplug: None,
         })
     }
 
@@ -585,6 +591,7 @@ impl Store {
         let tx = hot.conn;
         let mut rows = Vec::new();
         let mut inserted = 0u64;
+        let cloudevents = self.sparkplug.as_ref().is_none_or(|s| s.cloudevents);
         for event in batch.events {
             // The wire form and its JSON text are built once, for the samples row and the
             // outbox row alike. Events without one (OEE minutes) are domain rows only.
@@ -592,7 +599,9 @@ impl Store {
             let data = message.as_ref().map(|m| m.data.to_string());
             write_domain_rows(tx, event, data.as_deref())?;
             if let (Some(message), Some(data)) = (message, data) {
-                if batch.telemetry_to_outbox || !matches!(event, Event::Telemetry { .. }) {
+                if cloudevents
+                    && (batch.telemetry_to_outbox || !matches!(event, Event::Telemetry { .. }))
+                {
                     let (row, bytes) =
                         outbox::insert(&tx, event, &message, data, batch.heartbeat_ms)?;
                     rows.push(row);
@@ -615,6 +624,12 @@ impl Store {
         )?
         .execute(params![batch.heartbeat_ms.to_string()])?;
         domain::save_memories(&tx, &batch.memories, batch.heartbeat_ms)?;
+        let spb_rows = sparkplug::stage(
+            &tx,
+            self.sparkplug.as_mut(),
+            batch.events,
+            batch.heartbeat_ms,
+        )?;
 
         // Bound the outbox (exact check only when the estimate says it may be over).
         let limit = self.limits.max_outbox_bytes;
@@ -668,6 +683,7 @@ impl Store {
         }
 
         // Committed: now the in-memory view may follow, and the uplink may have the rows.
+        sparkplug::settled(self.sparkplug.as_mut(), spb_rows);
         self.outbox_estimate = estimate;
         let seqs = rows.iter().map(|r| r.seq).collect();
         if let Some(handoff) = &self.handoff {

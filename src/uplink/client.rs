@@ -90,8 +90,10 @@ pub struct Connect<'a> {
     pub queue: usize,
     /// Unacknowledged QoS 1 publishes the client allows itself.
     pub inflight: u16,
-    /// Topic and payload of the retained last will.
-    pub will: (String, String),
+    /// Topic and payload of the last will (QoS 1).
+    pub will: (String, Vec<u8>),
+    /// Whether the will is retained (`P/status`: yes; a Sparkplug NDEATH: no).
+    pub will_retain: bool,
 }
 
 /// Connects (lazily: the event loop dials on its first poll) and returns the client and the
@@ -114,7 +116,7 @@ pub fn open(c: Connect<'_>) -> (Client, mpsc::Receiver<Wire>, tokio::task::JoinH
                 c.will.0,
                 c.will.1,
                 QoS5::AtLeastOnce,
-                true,
+                c.will_retain,
                 None,
             ));
             if let (Some(user), Some(pass)) = (&c.mqtt.username, c.password) {
@@ -139,7 +141,7 @@ pub fn open(c: Connect<'_>) -> (Client, mpsc::Receiver<Wire>, tokio::task::JoinH
                 c.will.0,
                 c.will.1,
                 QoS::AtLeastOnce,
-                true,
+                c.will_retain,
             ));
             if let Some(user) = &c.mqtt.username {
                 o.set_credentials(user, c.password.unwrap_or(""));

@@ -30,6 +30,16 @@
 //!   `return_to_primary_s`; only when it answers is the current connection closed.
 //! - The uplink never invents events: `P/status` and command replies are the only messages it
 //!   publishes that are not outbox rows.
+//!
+//! ## Sparkplug B (SPEC §8)
+//! Sparkplug is a second queue of the same outbox (`spb_outbox`, its own order, no `seq`),
+//! drained by its own session on its own connection ([`crate::sparkplug::session`]; a
+//! connection has one will). Its rows go at QoS 0 as Sparkplug requires, so a row is deleted
+//! only after a later QoS 1 *fence* on the same connection was acknowledged: the broker reads
+//! a connection's packets in order, so that PUBACK proves it read every DDATA before it; a
+//! disconnect resends the unproven window, historical. What a row is and the rest of the
+//! argument: [`crate::store::sparkplug`] and docs/decisions.md "Sparkplug B". With
+//! `sparkplug.cloudevents = false` this uplink does not run at all.
 
 pub mod backoff;
 pub mod client;
@@ -398,8 +408,9 @@ async fn session(
         inflight: u16::try_from(window + OTHERS_SLOTS).unwrap_or(u16::MAX),
         will: (
             format!("{}/status", m.topic_prefix),
-            r#"{"state":"offline"}"#.to_string(),
+            r#"{"state":"offline"}"#.as_bytes().to_vec(),
         ),
+        will_retain: true,
     });
     let mut s = Session {
         client,
