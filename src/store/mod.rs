@@ -243,6 +243,14 @@ CREATE TABLE engine_memory (
     updated_ms INTEGER NOT NULL
 );
 "#,
+    // Edge analytics (issue 14): changeover (setup) time and minor-stop counts per minute, and
+    // the indexes the queries and `report` read windows by.
+    r#"
+ALTER TABLE oee_minutes ADD COLUMN setup_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE oee_minutes ADD COLUMN minor_stops INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX downtimes_by_start ON downtimes(equipment, started_ms);
+CREATE INDEX jobs_by_equipment ON jobs(equipment, at_ms);
+"#,
 ];
 
 /// The gateway's database, owned by the core thread.

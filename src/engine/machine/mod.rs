@@ -80,6 +80,11 @@ pub struct Memory {
     pub context: Context,
     pub job: Option<Job>,
     pub downtimes: VecDeque<DowntimeRecord>,
+    /// Unplanned downtimes (not minor stops, not changeovers) of the last
+    /// [`BUCKET_HORIZON_MS`] as `(downtime_id, start_ms, category)`, category kept current:
+    /// the failure count of a window (SPEC §11) without a 64-record limit.
+    #[serde(default)]
+    pub failure_log: VecDeque<(String, i64, String)>,
     pub quality_window: VecDeque<(i64, u64, u64)>,
     pub rate_window: VecDeque<(i64, u64)>,
     pub units_total: u64,
@@ -127,6 +132,7 @@ impl Machine {
                 context,
                 job: None,
                 downtimes: VecDeque::new(),
+                failure_log: VecDeque::new(),
                 quality_window: VecDeque::new(),
                 rate_window: VecDeque::new(),
                 units_total: 0,
@@ -185,7 +191,7 @@ impl Machine {
             MachineState::Running => TimeClass::Run,
             MachineState::Offline => TimeClass::Offline,
             MachineState::PlannedStop => TimeClass::Planned,
-            MachineState::Changeover => TimeClass::Unplanned,
+            MachineState::Changeover => TimeClass::Changeover,
             MachineState::Stopped | MachineState::Faulted => match &self.mem.stop {
                 Some(s) if s.downtime_id.is_none() => return None,
                 _ => TimeClass::Unplanned,
@@ -329,6 +335,14 @@ impl Machine {
         ev.extend(self.shift_rules(now, cal));
         ev.extend(self.settle());
         self.buckets.prune(now - BUCKET_HORIZON_MS);
+        while self
+            .mem
+            .failure_log
+            .front()
+            .is_some_and(|(_, start, _)| *start < now - BUCKET_HORIZON_MS)
+        {
+            self.mem.failure_log.pop_front();
+        }
         ev
     }
 
