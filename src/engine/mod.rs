@@ -353,6 +353,7 @@ pub fn summary(
         "andons": andons,
         "context": m.mem.context.to_json(),
         "oee": oee,
+        "maintenance": m.maintenance_json(now_ms),
     })
 }
 

@@ -208,7 +208,8 @@ pub fn write(tx: &Transaction<'_>, event: &Event) -> Result<(), StoreError> {
         Event::StateChanged { .. }
         | Event::Telemetry { .. }
         | Event::OeeSnapshot { .. }
-        | Event::Changeover { .. } => {}
+        | Event::Changeover { .. }
+        | Event::Maintenance { .. } => {}
     }
     Ok(())
 }

@@ -23,7 +23,7 @@
 //! `rules` (the config, compiled; name tables), `downtime` (stops, minor stops, first-out,
 //! planned stops and their timeout), `andon` (raise, escalate, acknowledge, resolve, safety
 //! andons), `production` (units into buckets, the job and the windows), `job` (jobs and
-//! the production context), `changeover`, `shift` (shift changes, snapshots, settled
+//! the production context), `changeover`, `maintenance` (running hours, due, done), `shift` (shift changes, snapshots, settled
 //! minutes) and `dispatch` (`on_command`).
 //!
 //! Never does: read a clock, touch SQLite, await, or look a signal up by name.
@@ -33,6 +33,7 @@ mod changeover;
 mod dispatch;
 mod downtime;
 mod job;
+mod maintenance;
 mod production;
 mod rules;
 mod shift;
@@ -52,6 +53,7 @@ use crate::sample::EngineSignals;
 pub use changeover::ChangeoverState;
 pub use downtime::{Stop, StopKind};
 pub use job::Job;
+pub use maintenance::Maintenance;
 pub use rules::{Rules, DEFAULT_MAX_PLANNED_STOP_MS};
 
 /// Minute buckets kept in memory: the longest shift plus the one before it.
@@ -99,6 +101,9 @@ pub struct Memory {
     /// Minute buckets not yet settled (persisted with the memory so a restart loses none).
     #[serde(default)]
     pub open_minutes: Vec<(i64, super::oee::Bucket)>,
+    /// Running time since the last maintenance (SPEC §11).
+    #[serde(default)]
+    pub maintenance: Maintenance,
 }
 
 /// One equipment in the engine.
@@ -145,6 +150,7 @@ impl Machine {
                 settled_until: minute_of(start_ms),
                 last_telemetry_ms: None,
                 open_minutes: Vec::new(),
+                maintenance: Maintenance::default(),
             },
             buckets: Buckets::default(),
         }
@@ -206,6 +212,9 @@ impl Machine {
             if let Some(class) = self.class_of_current() {
                 self.buckets.add_time(from, t, class, cal);
             }
+            if self.mem.state == MachineState::Running {
+                self.count_running(from, t);
+            }
             self.mem.last_seen_ms = t;
         }
     }
@@ -221,6 +230,7 @@ impl Machine {
         telemetry_interval_ms: i64,
     ) -> Vec<Event> {
         let t = t.max(self.mem.last_seen_ms);
+        self.maintenance_observed(t);
         let mut ev = self.time_rules(t, cal);
         // Units counted now were made since the previous observation: they belong there.
         let produced_at = self.mem.last_seen_ms;
@@ -383,6 +393,7 @@ impl Machine {
         let mut ev = self.planned_timeout(now, cal);
         ev.extend(self.stop_due(now, cal));
         ev.extend(self.andons_due(now));
+        ev.extend(self.maintenance_due());
         ev
     }
 }
