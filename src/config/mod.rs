@@ -179,6 +179,9 @@ pub const COMMAND_NAMES: &[&str] = &[
     "andon/resolve",
     "downtime/reason",
     "maintenance/done",
+    "query/oee",
+    "query/downtime",
+    "query/jobs",
 ];
 
 /// `[metrics]` (SPEC §10): the metrics and health endpoints.

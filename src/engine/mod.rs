@@ -358,6 +358,6 @@ pub fn summary(
 }
 
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;

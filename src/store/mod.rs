@@ -52,6 +52,7 @@ pub mod bounds;
 pub mod domain;
 pub mod outbox;
 pub mod pending;
+pub mod query;
 pub mod recovery;
 pub mod retention;
 

@@ -86,7 +86,7 @@ impl Rules {
     }
 
     /// Seconds one unit takes at the ideal rate.
-    pub(super) fn ideal_cycle_s(&self) -> f64 {
+    pub fn ideal_cycle_s(&self) -> f64 {
         60.0 / self.ideal_rate_per_min
     }
 
