@@ -248,3 +248,174 @@ async fn queries_over_mqtt_answer_windows_that_start_and_end_mid_shift() {
     assert!(r["error"].as_str().unwrap().contains("colour"), "{r}");
     rig.stop_within(Duration::from_secs(20)).await;
 }
+
+/// `ms5-edge report` on the rig's config.
+fn report(rig: &Rig, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_ms5-edge"))
+        .arg("report")
+        .arg("-c")
+        .arg(&rig.config_path)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Whether a PNG has more than a handful of distinct byte values once inflated (a blank page
+/// inflates to a few). Python's zlib does the inflating: it is what `scripts/test` has anyway.
+fn png_is_drawn(png: &std::path::Path) -> bool {
+    let script = "import sys,zlib\n\
+d=open(sys.argv[1],'rb').read();i=8;idat=b''\n\
+while i<len(d):\n n=int.from_bytes(d[i:i+4],'big');t=d[i+4:i+8]\n if t==b'IDAT': idat+=d[i+8:i+8+n]\n i+=12+n\n\
+print(len(set(zlib.decompress(idat))))";
+    let out = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(png)
+        .output()
+        .expect("python3 (installed with the test peers by scripts/test)");
+    let distinct: usize = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    distinct > 16
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_report_agrees_with_query_oee_and_its_html_renders_in_chromium() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = jiff::Timestamp::now().as_millisecond();
+    let t0 = (now / 86_400_000 - 2) * 86_400_000 + 6 * 3_600_000;
+    seed(&dir.path().join("data"), t0);
+    let mut rig = Rig::start(RigOptions {
+        dir: Some(dir),
+        bagger: Some(hold_running(true)),
+        ..RigOptions::default()
+    })
+    .await;
+    rig.wait_state_after("running", 0, Duration::from_secs(20))
+        .await;
+    let (from, to) = (rfc3339_ms(t0 + 15 * MIN), rfc3339_ms(t0 + 115 * MIN));
+    let r = rig
+        .command_within(
+            BAGGER,
+            "query/oee",
+            json!({"request_id":"q-r","from":from,"to":to}),
+            Duration::from_secs(20),
+        )
+        .await;
+    assert_eq!(r["ok"], true, "{r}");
+
+    let out = report(
+        &rig,
+        &[
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--equipment",
+            BAGGER,
+            "--format",
+            "json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["window"]["from"], from.as_str());
+    assert_eq!(json["window"]["to"], to.as_str());
+    let mut figures = json["equipment"][BAGGER].clone();
+    for k in ["pareto", "andons", "jobs", "states"] {
+        assert!(figures.as_object_mut().unwrap().remove(k).is_some(), "{k}");
+    }
+    assert_eq!(figures, r["result"], "report --format json = query/oee");
+    assert_eq!(
+        json["equipment"][BAGGER]["pareto"][0]["reason_code"],
+        "CHANGEOVER"
+    );
+
+    let text = report(&rig, &["--from", &from, "--to", &to]);
+    assert!(text.status.success());
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("TEEP") && text.contains("CHANGEOVER"),
+        "{text}"
+    );
+
+    // The HTML report, opened in headless Chromium with no network; the screenshot is kept.
+    let keep = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/report");
+    std::fs::create_dir_all(&keep).unwrap();
+    let html = keep.join("report.html");
+    let out = report(
+        &rig,
+        &[
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--format",
+            "html",
+            "--output",
+            html.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = std::fs::read_to_string(&html).unwrap();
+    // Self-contained: nothing to fetch (the SVG namespace URI is a name, not a resource).
+    for fetch in [
+        "src=\"http",
+        "href=\"http",
+        "<link",
+        "url(http",
+        "<script",
+        "@import",
+    ] {
+        assert!(
+            !page.contains(fetch),
+            "the page would fetch something: {fetch}"
+        );
+    }
+    let chromium = |args: &[&str]| {
+        std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+            ])
+            .args(["--proxy-server=127.0.0.1:9", "--window-size=430,2600"])
+            .args(args)
+            .arg(format!("file://{}", html.display()))
+            .output()
+            .expect("chromium (Debian's package; scripts/test installs it)")
+    };
+    let dom = chromium(&["--dump-dom"]);
+    let dom = String::from_utf8_lossy(&dom.stdout);
+    for title in [
+        "Loss waterfall",
+        "Downtime Pareto",
+        "State timeline",
+        BAGGER,
+    ] {
+        assert!(dom.contains(title), "{title} missing from the DOM");
+    }
+    assert!(
+        dom.matches("<svg").count() >= 3 * 2,
+        "three charts per equipment"
+    );
+    let png = keep.join("report.png");
+    let _ = std::fs::remove_file(&png);
+    let shot = chromium(&[&format!("--screenshot={}", png.display())]);
+    assert!(
+        png.exists(),
+        "no screenshot: {}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    assert!(png_is_drawn(&png), "the screenshot is blank");
+    rig.stop_within(Duration::from_secs(20)).await;
+}

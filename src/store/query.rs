@@ -288,6 +288,36 @@ pub fn jobs(
     Ok(out)
 }
 
+/// The state intervals of `code` overlapping `[from, to)`, clipped to it (for the timeline).
+pub fn states(
+    db: &ReadOnly,
+    code: &str,
+    from: i64,
+    to: i64,
+    now: i64,
+) -> Result<Vec<Value>, StoreError> {
+    let mut stmt = db.conn.prepare_cached(
+        "SELECT state, start_ms, end_ms FROM state_intervals WHERE equipment = ?1
+           AND start_ms < ?3 AND (end_ms IS NULL OR end_ms > ?2) ORDER BY start_ms",
+    )?;
+    let rows = stmt.query_map(params![code, from, to], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, Option<i64>>(2)?,
+        ))
+    })?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (state, start, end) = row?;
+        let (a, b) = (start.max(from), end.unwrap_or(now).min(to));
+        if b > a {
+            out.push(json!({ "state": state, "from": rfc3339_ms(a), "to": rfc3339_ms(b) }));
+        }
+    }
+    Ok(out)
+}
+
 /// Parses an RFC 3339 time into UTC epoch ms.
 fn parse_time(body: &Map<String, Value>, key: &str) -> Result<i64, String> {
     let text = body
