@@ -36,6 +36,7 @@ pub mod engine;
 pub mod health;
 pub mod metrics;
 pub mod notify;
+pub mod report;
 pub mod sample;
 pub mod sim;
 pub mod sparkplug;

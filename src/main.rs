@@ -49,6 +49,33 @@ enum Command {
         #[arg(long)]
         plain: bool,
     },
+    /// The figures of a shift or window from the database (read-only): text, JSON or one
+    /// self-contained HTML file with charts (SPEC §10).
+    Report {
+        #[arg(short, long, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// A shift by name (its latest instance unless --date).
+        #[arg(long)]
+        shift: Option<String>,
+        /// The local date the shift starts on, YYYY-MM-DD.
+        #[arg(long)]
+        date: Option<String>,
+        /// Window start: RFC 3339 or "YYYY-MM-DD HH:MM" in gateway.timezone.
+        #[arg(long)]
+        from: Option<String>,
+        /// Window end, like --from.
+        #[arg(long)]
+        to: Option<String>,
+        /// Only this equipment.
+        #[arg(long)]
+        equipment: Option<String>,
+        /// text, json or html.
+        #[arg(long, default_value = "text", value_parser = ["text", "json", "html"])]
+        format: String,
+        /// Write here instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
     /// Sign a command body for a gateway with `[commands] key_file` (SPEC §7); prints the
     /// body to publish.
     Sign {
@@ -84,7 +111,7 @@ fn main() -> ExitCode {
     }
     let Some(command) = cli.command else {
         eprintln!(
-            "ms5-edge: a command is required (run, check-config, status, top, sign, demo); see --help"
+            "ms5-edge: a command is required (run, check-config, status, top, report, sign, demo); see --help"
         );
         return ExitCode::from(2);
     };
@@ -96,6 +123,27 @@ fn main() -> ExitCode {
         }
         Command::Status { config, json } => status(&config, json),
         Command::Top { config, plain } => top(&config, plain),
+        Command::Report {
+            config,
+            shift,
+            date,
+            from,
+            to,
+            equipment,
+            format,
+            output,
+        } => report(
+            &config,
+            ms5_edge::report::Request {
+                shift,
+                date,
+                from,
+                to,
+                equipment,
+            },
+            &format,
+            output.as_deref(),
+        ),
         Command::Sign {
             key_file,
             topic,
@@ -327,6 +375,60 @@ fn run(path: &std::path::Path) -> ExitCode {
             }
         }
     }
+}
+
+fn report(
+    path: &std::path::Path,
+    req: ms5_edge::report::Request,
+    format: &str,
+    output: Option<&std::path::Path>,
+) -> ExitCode {
+    use ms5_edge::report::{self, ReportError};
+    let loaded = match config::load_file(path) {
+        Ok(l) => l,
+        Err(errors) => {
+            print_errors(&errors);
+            return ExitCode::from(2);
+        }
+    };
+    let config = &loaded.config;
+    let now = ms5_edge::clock::Clock::system().now_ms();
+    let built = report::window(config, &req, now).and_then(|w| {
+        let db = ms5_edge::store::ReadOnly::open(&config.gateway.data_dir)?;
+        report::build(config, &db, &w, req.equipment.as_deref(), now)
+    });
+    let value = match built {
+        Ok(v) => v,
+        Err(ReportError::Usage(e)) => {
+            eprintln!("ms5-edge report: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            eprintln!("ms5-edge report: {e} (has the daemon ever run with this config?)");
+            return ExitCode::from(1);
+        }
+    };
+    let text = match format {
+        "json" => format!("{value}\n"),
+        "html" => match report::html::render(&value) {
+            Ok(h) => h,
+            Err(e) => {
+                eprintln!("ms5-edge report: drawing the charts failed: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        _ => report::text(&value),
+    };
+    match output {
+        None => print!("{text}"),
+        Some(file) => {
+            if let Err(e) = std::fs::write(file, text) {
+                eprintln!("ms5-edge report: cannot write {}: {e}", file.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn status(path: &std::path::Path, json: bool) -> ExitCode {

@@ -88,6 +88,15 @@ fn render_summary(code: &str, s: &serde_json::Value) -> String {
                 .unwrap_or_else(|| "-".into())
         ));
     }
+    let m = &s["maintenance"];
+    if let Some(interval) = m["interval_hours"].as_f64() {
+        t.push_str(&format!(
+            "  maintenance: {:.1} of {interval} running hours since {}; next due {}\n",
+            m["run_hours_since_maintenance"].as_f64().unwrap_or(0.0),
+            m["last_maintenance_at"].as_str().unwrap_or("-"),
+            m["next_maintenance_due"].as_str().unwrap_or("-"),
+        ));
+    }
     let o = &s["oee"];
     if o.is_object() {
         let tg = &o["targets"];

@@ -199,6 +199,10 @@ pub const COMMAND_NAMES: &[&str] = &[
     "andon/ack",
     "andon/resolve",
     "downtime/reason",
+    "maintenance/done",
+    "query/oee",
+    "query/downtime",
+    "query/jobs",
 ];
 
 /// `[metrics]` (SPEC §10): the metrics and health endpoints.
@@ -363,7 +367,10 @@ pub struct Equipment {
     pub micro_stop_s: u64,
     pub location: Option<String>,
     pub department: Option<String>,
-    pub maintenance_interval_hours: Option<u32>,
+    /// Hours of `running` time between maintenances (integer or decimal; SPEC §11).
+    pub maintenance_interval_hours: Option<f64>,
+    /// `last_maintenance_date` as UTC epoch ms (a date alone is its 00:00 UTC).
+    pub last_maintenance_ms: Option<i64>,
     pub oee_targets: OeeTargets,
     pub signals: Signals,
     pub faults: Vec<Fault>,

@@ -533,6 +533,9 @@ impl Core {
     /// Applies one command, commits what it caused, and only then replies: `ok:true` means
     /// committed (SPEC §7 "Replies after commit"; [`apply_command`]).
     fn commit_command(&mut self, cmd: &InboundCommand) {
+        if crate::store::query::is_query(&cmd.path) {
+            return self.spawn_query(cmd);
+        }
         let done = apply_command(
             &mut self.store,
             &mut self.engine,
@@ -557,6 +560,34 @@ impl Core {
             payload: done.reply,
             qos: rumqttc::QoS::AtLeastOnce,
             retain: false,
+        });
+    }
+
+    /// A read-only query (SPEC §11) is answered from its own read-only connection on a
+    /// blocking task: the core's thread never waits for it ([`crate::store::query`]).
+    fn spawn_query(&mut self, cmd: &InboundCommand) {
+        let config = self.config.clone();
+        let (path, payload) = (cmd.path.clone(), cmd.payload.clone());
+        let now = self.clock.now_ms();
+        let live = self.outputs.live.clone();
+        let uplink = self.outputs.uplink.clone();
+        tokio::task::spawn_blocking(move || {
+            let (ok, reply) = crate::store::query::answer(&config, &path, &payload, now);
+            events::CommandHandled {
+                command: events::command_of_path(&path),
+                result: if ok {
+                    events::CommandResult::Ok
+                } else {
+                    events::CommandResult::Refused
+                },
+            }
+            .emit(&uplink);
+            let _ = live.try_send(LiveMessage {
+                topic: "reply".into(),
+                payload: reply,
+                qos: rumqttc::QoS::AtLeastOnce,
+                retain: false,
+            });
         });
     }
 

@@ -89,6 +89,26 @@ impl Calendar {
         out
     }
 
+    /// The instance of shift `name` that starts on local date `date` (for `report --shift`).
+    pub fn shift_on(&self, name: &str, date: Date) -> Option<ShiftInstance> {
+        let s = self.shifts.iter().find(|s| s.name == name)?;
+        let end_day = if s.end_min <= s.start_min {
+            date.tomorrow().ok()?
+        } else {
+            date
+        };
+        Some(ShiftInstance {
+            name: s.name.clone(),
+            start_ms: local_ms(&self.tz, date, s.start_min)?,
+            end_ms: local_ms(&self.tz, end_day, s.end_min)?,
+        })
+    }
+
+    /// The local date of `ms` in the gateway's zone.
+    pub fn date_of(&self, ms: i64) -> Option<Date> {
+        self.local_date(ms)
+    }
+
     /// The shift instance containing `ms`. With no shifts configured: a 24 h "day" window from
     /// local midnight, so OEE still has a window.
     pub fn shift_at(&self, ms: i64) -> Option<ShiftInstance> {

@@ -72,6 +72,8 @@ pub enum CommandKind {
         downtime_id: String,
         reason_code: String,
     },
+    /// `maintenance/done` (SPEC §11).
+    MaintenanceDone,
 }
 
 /// A command that cannot be parsed: what to reply.
@@ -193,6 +195,7 @@ pub fn parse(path: &str, payload: &[u8]) -> Result<Command, Rejected> {
         "planned-stop/end" => &[],
         "andon/ack" | "andon/resolve" => &["andon_id"],
         "downtime/reason" => &["downtime_id", "reason_code"],
+        "maintenance/done" => &[],
         other => return Err(reject(rid, format!("unknown command \"{other}\""))),
     };
     if let Some(k) = body
@@ -261,6 +264,7 @@ pub fn parse(path: &str, payload: &[u8]) -> Result<Command, Rejected> {
                 downtime_id: req_string(&body, "downtime_id")?,
                 reason_code: req_string(&body, "reason_code")?,
             },
+            "maintenance/done" => CommandKind::MaintenanceDone,
             _ => unreachable_command(),
         })
     })()

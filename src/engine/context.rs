@@ -26,6 +26,12 @@ pub struct Context {
     pub changeover_start_time: Option<i64>,
     pub changeover_end_time: Option<i64>,
     pub last_production_update: Option<i64>,
+    /// Running hours since the last maintenance (SPEC §11), filled in when published.
+    #[serde(default)]
+    pub run_hours_since_maintenance: Option<f64>,
+    /// When the next maintenance is estimated to fall due (UTC epoch ms), when published.
+    #[serde(default)]
+    pub next_maintenance_due: Option<i64>,
 }
 
 impl Context {
@@ -56,6 +62,8 @@ impl Context {
             "changeover_start_time": self.changeover_start_time.map(rfc3339_ms),
             "changeover_end_time": self.changeover_end_time.map(rfc3339_ms),
             "last_production_update": self.last_production_update.map(rfc3339_ms),
+            "run_hours_since_maintenance": self.run_hours_since_maintenance,
+            "next_maintenance_due": self.next_maintenance_due.map(rfc3339_ms),
         })
     }
 }

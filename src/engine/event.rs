@@ -88,6 +88,8 @@ pub enum AndonCause {
     Fault,
     Quality,
     Speed,
+    /// Maintenance due (SPEC §11).
+    Maintenance,
 }
 
 /// An andon as raised.
@@ -208,6 +210,13 @@ pub enum Event {
         completed: bool,
         data: Json,
     },
+    /// `maintenance.due` (`done = false`) or `maintenance.done`; `data` is the full payload.
+    Maintenance {
+        equipment: String,
+        at_ms: i64,
+        done: bool,
+        data: Json,
+    },
 }
 
 /// Drop class of an outbox message (SPEC §5): lower classes are dropped first.
@@ -245,7 +254,8 @@ impl Event {
             | Event::OeeMinute { equipment, .. }
             | Event::ContextChanged { equipment, .. }
             | Event::Job { equipment, .. }
-            | Event::Changeover { equipment, .. } => equipment,
+            | Event::Changeover { equipment, .. }
+            | Event::Maintenance { equipment, .. } => equipment,
         }
     }
 
@@ -264,7 +274,8 @@ impl Event {
             | Event::OeeSnapshot { at_ms, .. }
             | Event::ContextChanged { at_ms, .. }
             | Event::Job { at_ms, .. }
-            | Event::Changeover { at_ms, .. } => *at_ms,
+            | Event::Changeover { at_ms, .. }
+            | Event::Maintenance { at_ms, .. } => *at_ms,
             Event::OeeMinute { minute_ms, .. } => *minute_ms,
         }
     }
@@ -445,6 +456,17 @@ impl Event {
                     "ms5.changeover.started"
                 },
                 "changeover",
+                data.clone(),
+                false,
+                DropClass::Event,
+            ),
+            Event::Maintenance { done, data, .. } => msg(
+                if *done {
+                    "ms5.maintenance.done"
+                } else {
+                    "ms5.maintenance.due"
+                },
+                "maintenance",
                 data.clone(),
                 false,
                 DropClass::Event,

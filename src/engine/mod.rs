@@ -11,7 +11,8 @@
 //!
 //! Module map: [`state`] (the machine states and their names), [`machine`] (one equipment's
 //! rules, one file per concept: downtime, andons, production, jobs, changeovers, shifts,
-//! command dispatch), [`oee`] (minute buckets and A/P/Q/OEE),
+//! command dispatch), [`oee`] (minute buckets and A/P/Q/OEE), [`loss`] (TEEP, MTBF/MTTR and the
+//! six big losses of a window),
 //! [`calendar`] (shifts and planned stops in the gateway's zone), [`counter`] (counter deltas
 //! across resets and wraps), [`command`] (command parsing), [`event`] (what comes out, and its
 //! wire form), [`context`] (production context).
@@ -28,6 +29,7 @@ pub mod command;
 pub mod context;
 pub mod counter;
 pub mod event;
+pub mod loss;
 pub mod machine;
 pub mod oee;
 pub mod state;
@@ -351,10 +353,11 @@ pub fn summary(
         "andons": andons,
         "context": m.mem.context.to_json(),
         "oee": oee,
+        "maintenance": m.maintenance_json(now_ms),
     })
 }
 
 #[cfg(test)]
-mod testkit;
+pub(crate) mod testkit;
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,7 @@ pub(crate) fn config(publish_interval_ms: u64) -> Config {
         location: None,
         department: None,
         maintenance_interval_hours: None,
+        last_maintenance_ms: None,
         oee_targets: OeeTargets {
             availability: 0.9,
             performance: 0.85,

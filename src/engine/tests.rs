@@ -323,6 +323,12 @@ mod properties {
                     }
                 }
                 let pbt = s["planned_busy_time_s"].as_f64().unwrap();
+                let losses: f64 = ["breakdown_loss_s", "setup_loss_s", "minor_stop_loss_s",
+                    "speed_loss_s", "reject_loss_s", "valuable_operating_time_s"]
+                    .iter()
+                    .map(|k| s[*k].as_f64().unwrap())
+                    .sum();
+                prop_assert!((losses - pbt).abs() < 1e-6, "losses + VOT = PBT: {}", s);
                 if pbt > 0.0 {
                     let good = s["good_count"].as_f64().unwrap();
                     prop_assert!((s["oee"].as_f64().unwrap() - 0.4 * good / pbt).abs() < 1e-9);
@@ -433,4 +439,5 @@ fn resuming_memory_after_a_reload_keeps_open_downtime_and_sends_nothing_offline(
     );
 }
 
+mod losses;
 mod safety;

@@ -113,7 +113,8 @@ pub fn equipment(machine: Machine, plc: &str) -> Equipment {
         micro_stop_s: 30,
         location: Some("Packing hall".into()),
         department: Some("Packaging".into()),
-        maintenance_interval_hours: Some(168),
+        maintenance_interval_hours: Some(168.0),
+        last_maintenance_ms: None,
         oee_targets: OeeTargets {
             availability: 0.90,
             performance: 0.85,

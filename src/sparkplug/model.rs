@@ -385,7 +385,8 @@ impl Recorder {
             }
             Event::AndonAcknowledged { .. }
             | Event::OeeMinute { .. }
-            | Event::Changeover { .. } => {}
+            | Event::Changeover { .. }
+            | Event::Maintenance { .. } => {}
         }
         out
     }

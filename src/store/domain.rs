@@ -184,11 +184,11 @@ pub fn write(tx: &Connection, event: &Event) -> Result<(), StoreError> {
         } => {
             tx.prepare_cached(
                 "INSERT INTO oee_minutes (equipment, minute_ms, scheduled_ms, run_ms, minor_stop_ms,
-                     unplanned_ms, planned_ms, offline_ms, good, reject)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+                     unplanned_ms, planned_ms, offline_ms, good, reject, setup_ms, minor_stops)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
                  ON CONFLICT(equipment, minute_ms) DO UPDATE SET scheduled_ms = ?3, run_ms = ?4,
                      minor_stop_ms = ?5, unplanned_ms = ?6, planned_ms = ?7, offline_ms = ?8,
-                     good = ?9, reject = ?10",
+                     good = ?9, reject = ?10, setup_ms = ?11, minor_stops = ?12",
             )?
             .execute(params![
                 equipment,
@@ -200,13 +200,16 @@ pub fn write(tx: &Connection, event: &Event) -> Result<(), StoreError> {
                 b.planned_ms,
                 b.offline_ms,
                 b.good as i64,
-                b.reject as i64
+                b.reject as i64,
+                b.setup_ms,
+                b.minor_stops as i64
             ])?;
         }
         Event::StateChanged { .. }
         | Event::Telemetry { .. }
         | Event::OeeSnapshot { .. }
-        | Event::Changeover { .. } => {}
+        | Event::Changeover { .. }
+        | Event::Maintenance { .. } => {}
     }
     Ok(())
 }
@@ -252,7 +255,7 @@ pub fn load_minutes(
 ) -> Result<Vec<(i64, Bucket)>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT minute_ms, scheduled_ms, run_ms, minor_stop_ms, unplanned_ms, planned_ms,
-                offline_ms, good, reject
+                offline_ms, good, reject, setup_ms, minor_stops
          FROM oee_minutes WHERE equipment = ?1 AND minute_ms >= ?2 ORDER BY minute_ms",
     )?;
     let rows = stmt.query_map(params![code, from_ms], |r| {
@@ -267,6 +270,8 @@ pub fn load_minutes(
                 offline_ms: r.get(6)?,
                 good: r.get::<_, i64>(7)?.max(0) as u64,
                 reject: r.get::<_, i64>(8)?.max(0) as u64,
+                setup_ms: r.get(9)?,
+                minor_stops: r.get::<_, i64>(10)?.max(0) as u64,
             },
         ))
     })?;

@@ -55,6 +55,7 @@ pub mod bounds;
 pub mod domain;
 pub mod outbox;
 pub mod pending;
+pub mod query;
 pub mod recovery;
 pub mod retention;
 pub mod sparkplug;
@@ -249,6 +250,14 @@ CREATE TABLE engine_memory (
 "#,
     // Sparkplug B (issue 11): the Sparkplug queue of the outbox and the current values.
     sparkplug::SCHEMA,
+    // Edge analytics (issue 14): changeover (setup) time and minor-stop counts per minute, and
+    // the indexes the queries and `report` read windows by.
+    r#"
+ALTER TABLE oee_minutes ADD COLUMN setup_ms INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE oee_minutes ADD COLUMN minor_stops INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX downtimes_by_start ON downtimes(equipment, started_ms);
+CREATE INDEX jobs_by_equipment ON jobs(equipment, at_ms);
+"#,
 ];
 
 /// The gateway's database, owned by the core thread.
@@ -603,7 +612,7 @@ impl Store {
                     && (batch.telemetry_to_outbox || !matches!(event, Event::Telemetry { .. }))
                 {
                     let (row, bytes) =
-                        outbox::insert(&tx, event, &message, data, batch.heartbeat_ms)?;
+                        outbox::insert(tx, event, &message, data, batch.heartbeat_ms)?;
                     rows.push(row);
                     inserted += bytes;
                 }
@@ -623,9 +632,9 @@ impl Store {
              ON CONFLICT(key) DO UPDATE SET value = ?1",
         )?
         .execute(params![batch.heartbeat_ms.to_string()])?;
-        domain::save_memories(&tx, &batch.memories, batch.heartbeat_ms)?;
+        domain::save_memories(tx, &batch.memories, batch.heartbeat_ms)?;
         let spb_rows = sparkplug::stage(
-            &tx,
+            tx,
             self.sparkplug.as_mut(),
             batch.events,
             batch.heartbeat_ms,
@@ -638,13 +647,13 @@ impl Store {
         let mut episode = self.open_episode;
         let mut episode_ended = false;
         if estimate > limit {
-            let exact = bounds::outbox_bytes(&tx)?;
+            let exact = bounds::outbox_bytes(tx)?;
             if exact > limit {
-                let (d, after) = bounds::enforce(&tx, exact, limit)?;
+                let (d, after) = bounds::enforce(tx, exact, limit)?;
                 let id = *episode.get_or_insert(self.next_episode);
                 for (kind, (count, bytes, first, last)) in &d.by_kind {
                     bounds::record(
-                        &tx,
+                        tx,
                         id,
                         bounds::DropReason::OutboxFull,
                         *kind,
@@ -667,7 +676,7 @@ impl Store {
         let loss_episode = self.next_episode + i64::from(episode == Some(self.next_episode));
         for (kind, count, bytes) in &losses {
             bounds::record(
-                &tx,
+                tx,
                 loss_episode,
                 bounds::DropReason::DiskFull,
                 *kind,
@@ -679,7 +688,7 @@ impl Store {
         }
         if let Err(e) = hot.commit() {
             self.unrecorded_losses = losses;
-            return Err(e.into());
+            return Err(e);
         }
 
         // Committed: now the in-memory view may follow, and the uplink may have the rows.

@@ -26,7 +26,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
 
 use super::{Store, StoreError, DB_FILE};
@@ -104,7 +104,7 @@ fn queue_bytes(conn: &Connection) -> Result<u64, StoreError> {
 /// Keeps the queue under `max_outbox_mb`: past it, the oldest rows go until it is under 90 %
 /// (the oldest data is the least useful to a host that has been away that long). Returns how
 /// many rows were dropped.
-fn bound(tx: &Transaction<'_>, spb: &mut Spb) -> Result<u64, StoreError> {
+fn bound(tx: &Connection, spb: &mut Spb) -> Result<u64, StoreError> {
     if spb.estimate <= spb.limit {
         return Ok(0);
     }
@@ -165,7 +165,7 @@ fn read_current(conn: &Connection) -> Result<BTreeMap<String, Values>, StoreErro
 /// Writes the Sparkplug rows of `events` and the new current values in `tx`. Returns how
 /// many rows were written.
 pub(super) fn stage(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     spb: Option<&mut Spb>,
     events: &[Event],
     now_ms: i64,

@@ -71,6 +71,8 @@ pub struct EquipmentView {
     pub shift: Option<String>,
     /// A, P, Q, OEE in that order.
     pub figures: [Figure; 4],
+    /// Running hours since the last maintenance and the interval, when one is configured.
+    pub maintenance: Option<(f64, f64)>,
 }
 
 /// The open downtime of an equipment.
@@ -212,6 +214,10 @@ impl View {
                     andons,
                     job,
                     shift: text(&o["shift"]),
+                    maintenance: s["maintenance"]["interval_hours"].as_f64().map(|i| {
+                        let m = &s["maintenance"];
+                        (m["run_hours_since_maintenance"].as_f64().unwrap_or(0.0), i)
+                    }),
                     figures: [
                         fig("A", "availability", t.availability),
                         fig("P", "performance", t.performance),

@@ -153,7 +153,11 @@ fn equipment_lines(v: &View, e: &EquipmentView, out: &mut Vec<Line<'static>>) {
             bold(Color::Red),
         ));
     }
-    let shift = format!("  shift {}", e.shift.as_deref().unwrap_or("-"));
+    let mut shift = format!("  shift {}", e.shift.as_deref().unwrap_or("-"));
+    if let Some((run, interval)) = e.maintenance {
+        let due = if run >= interval { " DUE" } else { "" };
+        shift.push_str(&format!("  maint {run:.1}/{interval} h{due}"));
+    }
     match &e.job {
         Some(j) => {
             let progress = match j.target {

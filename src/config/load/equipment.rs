@@ -56,6 +56,7 @@ impl Compiler<'_, '_> {
                 "location",
                 "department",
                 "maintenance_interval_hours",
+                "last_maintenance_date",
                 "oee_targets",
                 "signals",
                 "fault",
@@ -120,10 +121,13 @@ impl Compiler<'_, '_> {
             .unwrap_or(30) as u64;
         let location = self.cx.text(t, "location", Need::Optional);
         let department = self.cx.text(t, "department", Need::Optional);
-        let maintenance_interval_hours = self
-            .cx
-            .int(t, "maintenance_interval_hours", Need::Optional, 1..=100_000)
-            .map(|h| h as u32);
+        let maintenance_interval_hours = self.cx.num(
+            t,
+            "maintenance_interval_hours",
+            Need::Optional,
+            0.01..=100_000.0,
+        );
+        let last_maintenance_ms = self.last_maintenance(t);
         let oee_targets = match self.cx.table(t, "oee_targets", Need::Optional) {
             Some(o) => self.oee_targets(&o),
             None => default_oee_targets(),
@@ -156,11 +160,52 @@ impl Compiler<'_, '_> {
             location,
             department,
             maintenance_interval_hours,
+            last_maintenance_ms,
             oee_targets,
             signals: signals?,
             faults: faults?,
             andon: andon?,
         })
+    }
+
+    /// `last_maintenance_date`: an RFC 3339 date (its 00:00 UTC) or date-time, as a string or
+    /// a TOML date/date-time.
+    fn last_maintenance(&mut self, t: &Table<'_, '_>) -> Option<i64> {
+        let key = "last_maintenance_date";
+        let v = self.cx.value(t, key, Need::Optional)?;
+        let text = match v.get_ref() {
+            toml::de::DeValue::String(s) => s.to_string(),
+            toml::de::DeValue::Datetime(d) => d.to_string(),
+            _ => {
+                self.cx.error(
+                    &v.span(),
+                    &t.path_of(key),
+                    "expected an RFC 3339 date or date-time",
+                );
+                return None;
+            }
+        };
+        let parsed = text
+            .parse::<jiff::Timestamp>()
+            .map(|ts| ts.as_millisecond())
+            .or_else(|_| {
+                text.parse::<jiff::civil::Date>().and_then(|d| {
+                    d.to_zoned(jiff::tz::TimeZone::UTC)
+                        .map(|z| z.timestamp().as_millisecond())
+                })
+            });
+        match parsed {
+            Ok(ms) => Some(ms),
+            Err(_) => {
+                self.cx.error_hint(
+                    &v.span(),
+                    &t.path_of(key),
+                    format!("\"{text}\" is not an RFC 3339 date or date-time"),
+                    Some("e.g. \"2026-11-01\" or \"2026-11-01T06:00:00Z\"".into()),
+                );
+                None
+            }
+        }
     }
 
     fn oee_targets(&mut self, t: &Table<'_, '_>) -> OeeTargets {

@@ -162,7 +162,7 @@ impl Machine {
         self.raise(andon)
     }
 
-    fn raise(&mut self, andon: AndonRecord) -> Event {
+    pub(super) fn raise(&mut self, andon: AndonRecord) -> Event {
         self.mem.andons.push(andon.clone());
         Event::AndonRaised {
             equipment: self.code(),

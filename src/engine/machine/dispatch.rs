@@ -68,6 +68,7 @@ impl Machine {
                 downtime_id,
                 reason_code,
             } => self.set_downtime_reason(now, downtime_id, reason_code, &cmd.note, by)?,
+            CommandKind::MaintenanceDone => self.maintenance_done(now, &cmd.note, by)?,
         });
         Ok(ev)
     }

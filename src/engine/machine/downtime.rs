@@ -199,6 +199,7 @@ impl Machine {
             // Ended before micro_stop_s: its held time is run time that lowers performance.
             self.buckets
                 .add_time(stop.start_ms, t, TimeClass::MinorStop, cal);
+            self.buckets.add_minor_stop(stop.start_ms, cal);
             stop.downtime_id = Some(self.new_id("minor-stop", stop.start_ms));
         }
         let mut record = self.record_of(&stop, Some(t), minor);
@@ -216,7 +217,40 @@ impl Machine {
         }]
     }
 
+    /// Keeps the failure log's entry of an unplanned downtime current (see
+    /// [`super::Memory::failure_log`]); minor stops, planned stops and changeovers are not in it.
+    fn log_unplanned(&mut self, record: &DowntimeRecord) {
+        if record.minor
+            || record.planned
+            || record.reason.category == "changeover"
+            || record.downtime_id.is_empty()
+        {
+            return;
+        }
+        let log = &mut self.mem.failure_log;
+        match log.iter_mut().find(|(id, _, _)| *id == record.downtime_id) {
+            Some(entry) => entry.2 = record.reason.category.clone(),
+            None => log.push_back((
+                record.downtime_id.clone(),
+                record.start_ms,
+                record.reason.category.clone(),
+            )),
+        }
+    }
+
+    /// Failures (SPEC §11) whose downtime started in `[from, to)`.
+    pub(crate) fn failures_in(&self, from: i64, to: i64) -> u64 {
+        self.mem
+            .failure_log
+            .iter()
+            .filter(|(_, start, c)| {
+                (from..to).contains(start) && crate::engine::loss::is_failure(c)
+            })
+            .count() as u64
+    }
+
     fn remember(&mut self, record: DowntimeRecord) {
+        self.log_unplanned(&record);
         if let Some(existing) = self
             .mem
             .downtimes
@@ -251,14 +285,29 @@ impl Machine {
             stop.fault_bits.push(bit);
         }
         match stop.downtime_id.clone() {
-            Some(id) => vec![Event::DowntimeReasonSet {
-                equipment: self.code(),
-                at_ms: t,
-                downtime_id: id,
-                reason,
-                by: "auto".into(),
-            }],
+            Some(id) => {
+                self.recategorise(&id, &reason.category);
+                vec![Event::DowntimeReasonSet {
+                    equipment: self.code(),
+                    at_ms: t,
+                    downtime_id: id,
+                    reason,
+                    by: "auto".into(),
+                }]
+            }
             None => Vec::new(),
+        }
+    }
+
+    /// The failure log follows a downtime's new category.
+    fn recategorise(&mut self, downtime_id: &str, category: &str) {
+        if let Some(entry) = self
+            .mem
+            .failure_log
+            .iter_mut()
+            .find(|(id, _, _)| id == downtime_id)
+        {
+            entry.2 = category.to_string();
         }
     }
 
@@ -399,6 +448,7 @@ impl Machine {
                 return Err("planned stops and changeovers keep their own reason".into());
             }
             d.reason = reason.clone();
+            self.recategorise(downtime_id, &reason.category);
         } else {
             return Err(format!(
                 "no recent downtime \"{downtime_id}\" on {}",

@@ -50,10 +50,13 @@ impl Machine {
     }
 
     pub(super) fn context_changed(&self, at: i64, reason: &str, by: &str) -> Event {
+        let mut context = self.mem.context.clone();
+        context.run_hours_since_maintenance = Some(self.run_hours_since_maintenance());
+        context.next_maintenance_due = self.next_maintenance_due(at);
         Event::ContextChanged {
             equipment: self.code(),
             at_ms: at,
-            context: Box::new(self.mem.context.clone()),
+            context: Box::new(context),
             change_reason: reason.into(),
             changed_by: by.into(),
         }

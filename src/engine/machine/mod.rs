@@ -23,7 +23,7 @@
 //! `rules` (the config, compiled; name tables), `downtime` (stops, minor stops, first-out,
 //! planned stops and their timeout), `andon` (raise, escalate, acknowledge, resolve, safety
 //! andons), `production` (units into buckets, the job and the windows), `job` (jobs and
-//! the production context), `changeover`, `shift` (shift changes, snapshots, settled
+//! the production context), `changeover`, `maintenance` (running hours, due, done), `shift` (shift changes, snapshots, settled
 //! minutes) and `dispatch` (`on_command`).
 //!
 //! Never does: read a clock, touch SQLite, await, or look a signal up by name.
@@ -33,6 +33,7 @@ mod changeover;
 mod dispatch;
 mod downtime;
 mod job;
+mod maintenance;
 mod production;
 mod rules;
 mod shift;
@@ -52,6 +53,7 @@ use crate::sample::EngineSignals;
 pub use changeover::ChangeoverState;
 pub use downtime::{Stop, StopKind};
 pub use job::Job;
+pub use maintenance::Maintenance;
 pub use rules::{Rules, DEFAULT_MAX_PLANNED_STOP_MS};
 
 /// Minute buckets kept in memory: the longest shift plus the one before it.
@@ -80,6 +82,11 @@ pub struct Memory {
     pub context: Context,
     pub job: Option<Job>,
     pub downtimes: VecDeque<DowntimeRecord>,
+    /// Unplanned downtimes (not minor stops, not changeovers) of the last
+    /// [`BUCKET_HORIZON_MS`] as `(downtime_id, start_ms, category)`, category kept current:
+    /// the failure count of a window (SPEC §11) without a 64-record limit.
+    #[serde(default)]
+    pub failure_log: VecDeque<(String, i64, String)>,
     pub quality_window: VecDeque<(i64, u64, u64)>,
     pub rate_window: VecDeque<(i64, u64)>,
     pub units_total: u64,
@@ -94,6 +101,9 @@ pub struct Memory {
     /// Minute buckets not yet settled (persisted with the memory so a restart loses none).
     #[serde(default)]
     pub open_minutes: Vec<(i64, super::oee::Bucket)>,
+    /// Running time since the last maintenance (SPEC §11).
+    #[serde(default)]
+    pub maintenance: Maintenance,
 }
 
 /// One equipment in the engine.
@@ -127,6 +137,7 @@ impl Machine {
                 context,
                 job: None,
                 downtimes: VecDeque::new(),
+                failure_log: VecDeque::new(),
                 quality_window: VecDeque::new(),
                 rate_window: VecDeque::new(),
                 units_total: 0,
@@ -139,6 +150,7 @@ impl Machine {
                 settled_until: minute_of(start_ms),
                 last_telemetry_ms: None,
                 open_minutes: Vec::new(),
+                maintenance: Maintenance::default(),
             },
             buckets: Buckets::default(),
         }
@@ -185,7 +197,7 @@ impl Machine {
             MachineState::Running => TimeClass::Run,
             MachineState::Offline => TimeClass::Offline,
             MachineState::PlannedStop => TimeClass::Planned,
-            MachineState::Changeover => TimeClass::Unplanned,
+            MachineState::Changeover => TimeClass::Changeover,
             MachineState::Stopped | MachineState::Faulted => match &self.mem.stop {
                 Some(s) if s.downtime_id.is_none() => return None,
                 _ => TimeClass::Unplanned,
@@ -199,6 +211,9 @@ impl Machine {
         if t > from {
             if let Some(class) = self.class_of_current() {
                 self.buckets.add_time(from, t, class, cal);
+            }
+            if self.mem.state == MachineState::Running {
+                self.count_running(from, t);
             }
             self.mem.last_seen_ms = t;
         }
@@ -215,6 +230,7 @@ impl Machine {
         telemetry_interval_ms: i64,
     ) -> Vec<Event> {
         let t = t.max(self.mem.last_seen_ms);
+        self.maintenance_observed(t);
         let mut ev = self.time_rules(t, cal);
         // Units counted now were made since the previous observation: they belong there.
         let produced_at = self.mem.last_seen_ms;
@@ -329,6 +345,14 @@ impl Machine {
         ev.extend(self.shift_rules(now, cal));
         ev.extend(self.settle());
         self.buckets.prune(now - BUCKET_HORIZON_MS);
+        while self
+            .mem
+            .failure_log
+            .front()
+            .is_some_and(|(_, start, _)| *start < now - BUCKET_HORIZON_MS)
+        {
+            self.mem.failure_log.pop_front();
+        }
         ev
     }
 
@@ -369,6 +393,7 @@ impl Machine {
         let mut ev = self.planned_timeout(now, cal);
         ev.extend(self.stop_due(now, cal));
         ev.extend(self.andons_due(now));
+        ev.extend(self.maintenance_due());
         ev
     }
 }

@@ -42,6 +42,10 @@ pub struct Rules {
     /// Not part of `[[equipment]]`: the engine sets it for every machine
     /// ([`crate::engine::Engine::set_max_planned_stop_ms`]).
     pub max_planned_stop_ms: i64,
+    /// `maintenance_interval_hours` in ms of running time (SPEC §11).
+    pub maintenance_interval_ms: Option<i64>,
+    /// `last_maintenance_date` (UTC epoch ms).
+    pub last_maintenance_ms: Option<i64>,
 }
 
 impl Rules {
@@ -50,6 +54,10 @@ impl Rules {
         let a = &e.andon;
         Rules {
             code: e.code.clone(),
+            maintenance_interval_ms: e
+                .maintenance_interval_hours
+                .map(|h| (h * 3_600_000.0).round() as i64),
+            last_maintenance_ms: e.last_maintenance_ms,
             plc: e.plc.clone(),
             line_id: e.line_id.clone(),
             ideal_rate_per_min: e.ideal_rate_per_min,
@@ -78,7 +86,7 @@ impl Rules {
     }
 
     /// Seconds one unit takes at the ideal rate.
-    pub(super) fn ideal_cycle_s(&self) -> f64 {
+    pub fn ideal_cycle_s(&self) -> f64 {
         60.0 / self.ideal_rate_per_min
     }
 

@@ -16,7 +16,8 @@ use super::Machine;
 use crate::clock::rfc3339_ms;
 use crate::engine::calendar::{Calendar, ShiftInstance};
 use crate::engine::event::Event;
-use crate::engine::oee::{figures, minute_of};
+use crate::engine::loss::window_fields;
+use crate::engine::oee::minute_of;
 
 impl Machine {
     /// Shift changes (a final snapshot of the shift that ended, `context.changed`) and the
@@ -72,29 +73,20 @@ impl Machine {
             return None;
         }
         let b = self.buckets.sum(start, end);
-        let f = figures(&b, self.rules.ideal_cycle_s());
-        Some(json!({
-            "window": "shift",
-            "shift": shift.name,
-            "window_start": rfc3339_ms(start.max(first)),
-            "window_end": rfc3339_ms(end),
-            "availability": f.availability,
-            "performance": f.performance,
-            "quality": f.quality,
-            "oee": f.oee,
-            "performance_over_ideal": f.performance_over_ideal,
-            "planned_busy_time_s": (b.scheduled_ms - b.planned_ms - b.offline_ms) as f64 / 1000.0,
-            "run_time_s": b.run_ms as f64 / 1000.0,
-            "unplanned_downtime_s": b.unplanned_ms as f64 / 1000.0,
-            "planned_downtime_s": b.planned_ms as f64 / 1000.0,
-            "offline_s": b.offline_ms as f64 / 1000.0,
-            "minor_stop_s": b.minor_stop_ms as f64 / 1000.0,
-            "good_count": b.good,
-            "reject_count": b.reject,
-            "total_count": b.good + b.reject,
-            "ideal_cycle_time_s": self.rules.ideal_cycle_s(),
-            "targets": self.rules.targets,
-        }))
+        let mut fields = window_fields(
+            &b,
+            self.rules.ideal_cycle_s(),
+            &self.rules.targets,
+            end - start,
+            self.failures_in(start, end),
+        );
+        let mut data = serde_json::Map::new();
+        data.insert("window".into(), json!("shift"));
+        data.insert("shift".into(), json!(shift.name));
+        data.insert("window_start".into(), json!(rfc3339_ms(start.max(first))));
+        data.insert("window_end".into(), json!(rfc3339_ms(end)));
+        data.append(&mut fields);
+        Some(serde_json::Value::Object(data))
     }
 
     fn snapshot(&self, shift: &ShiftInstance, end: i64, last: bool) -> Option<Event> {
