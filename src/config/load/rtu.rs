@@ -205,4 +205,21 @@ mod tests {
         let agreeing = format!("{}{}", rtu(""), second.replace("baud = 9600\n", ""));
         assert_eq!(loaded(&agreeing).config.plcs.len(), 2);
     }
+
+    #[test]
+    fn equipment_may_override_the_unit_on_modbus_plcs_only() {
+        let text = edit("plc = \"p1\"", "plc = \"p1\"\nunit_id = 4");
+        assert_eq!(loaded(&text).config.equipment[0].unit_id, Some(4));
+        assert_eq!(loaded(MINIMAL).config.equipment[0].unit_id, None);
+        let logix = text
+            .replacen("protocol = \"modbus-tcp\"", "protocol = \"ethernet-ip\"", 1)
+            .replace("address = \"co:0\"", "tag = \"Run\"")
+            .replace("address = \"hr:0\"", "tag = \"Count\"");
+        let e = error_at(&logix, "equipment[0].unit_id");
+        assert!(
+            e.message.contains("modbus-tcp and modbus-rtu"),
+            "{}",
+            e.message
+        );
+    }
 }
