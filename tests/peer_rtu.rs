@@ -349,6 +349,28 @@ async fn units_on_one_bus_are_read_one_request_at_a_time_and_a_silent_one_delays
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // P/status carries the same health per PLC, RTU ones included (republished when the
+    // ghost's error state changed).
+    rig.sub
+        .wait(
+            "a P/status with the ghost's timeout and the scale's health",
+            Duration::from_secs(30),
+            |m| {
+                m.iter()
+                    .filter(|r| r.topic == format!("{PREFIX}/status"))
+                    .any(|r| {
+                        let plcs = &r.payload["health"]["plcs"];
+                        let ghost = &plcs["ghost"]["counters"];
+                        ghost["timeouts"].as_u64() >= Some(1)
+                            && ghost["last_error"]
+                                .as_str()
+                                .is_some_and(|e| e.contains("timed out"))
+                            && plcs["scale"]["counters"]["polls"].is_u64()
+                    })
+            },
+        )
+        .await;
+
     // On the wire: never two requests at once, only reads, the ghost costs only its timeout.
     let events = wire(&server.output());
     let starts: Vec<(u8, u8, u64)> = events

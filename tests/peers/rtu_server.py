@@ -14,6 +14,10 @@ Each event is printed on stdout, flushed, with a monotonic timestamp in microsec
   START unit=U fc=F address=A count=C t=T   a request decoded
   END unit=U fc=F t=T                an answer about to be sent
   SILENT unit=U t=T                  a request for a unit that does not exist, not answered
+With RTU_SIMULATE_WIRE=1 in the environment (the RTU benchmark, scripts/bench-rtu), each
+answer is held back by the time the request and the answer would take on a real line at BAUD
+(a pty moves bytes instantly), so the bus's capacity is that of a real one.
+
 A test reads these to prove that requests never overlap on the wire (no START while a served
 request has no END yet, and exactly one request's bytes between two STARTs), that only read
 function codes arrive, and how long the bus was busy.
@@ -22,6 +26,7 @@ function codes arrive, and how long the bus was busy.
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 
@@ -40,6 +45,9 @@ def now_us():
 
 
 SERVED = set()
+SIMULATE_WIRE = os.environ.get("RTU_SIMULATE_WIRE") == "1"
+BITS_PER_CHAR = {"N": 10, "E": 11, "O": 11}
+LINE = {"baud": 19200, "bits": 10, "rx": 0}
 # Set when the answer about to be sent is for a unit that does not exist: pymodbus 3.16 would
 # answer it with a device-failure exception; a real bus has silence there, so it is dropped.
 DROP = [False]
@@ -47,11 +55,16 @@ DROP = [False]
 
 def trace_packet(sending, data):
     if not sending:
+        LINE["rx"] += len(data)
         print(f"RX n={len(data)} t={now_us()}", flush=True)
         return data
+    chars, LINE["rx"] = LINE["rx"] + len(data), 0
     if DROP[0]:
         DROP[0] = False
         return b""
+    if SIMULATE_WIRE:
+        # Blocking on purpose: the line is busy, nothing else can happen on it meanwhile.
+        time.sleep(chars * LINE["bits"] / LINE["baud"])
     return data
 
 
@@ -75,6 +88,7 @@ def trace_pdu(sending, pdu):
 async def main():
     device, baud, parity = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     spec = json.loads(sys.argv[4])
+    LINE["baud"], LINE["bits"] = baud, BITS_PER_CHAR[parity]
     devices = {}
     for unit, items in spec.items():
         t = build(items)
