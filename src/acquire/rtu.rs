@@ -22,7 +22,7 @@
 //!   (a USB adapter unplugged and plugged back in recovers by itself). A timeout keeps the
 //!   port open: the other units on the bus are not disturbed.
 //! - **RS-485.** With `rs485 = true` the port is switched to the kernel's RS-485 mode
-//!   (`TIOCSRS485`, RTS high while sending) through the `rs485` crate; a UART that refuses it
+//!   (`TIOCSRS485`, RTS high while sending) through the `serial2` crate; a UART that refuses it
 //!   gets one warning per open, and the bus runs on without it (USB RS-485 adapters switch
 //!   their driver themselves and need no kernel mode).
 //!
@@ -199,15 +199,13 @@ fn open_serial(device: &str, bus: &SerialBus) -> io::Result<tokio_serial::Serial
             tokio_serial::StopBits::One
         })
         .flow_control(tokio_serial::FlowControl::None);
-    let port = builder.open_native_async().map_err(io::Error::from)?;
     if bus.rs485 {
-        use std::os::unix::io::AsRawFd as _;
-        let fd = port.as_raw_fd();
-        let set = rs485::SerialRs485::from_fd(fd).and_then(|mut conf| {
-            conf.set_enabled(true)
-                .set_rts_on_send(true)
-                .set_rts_after_send(false);
-            conf.set_on_fd(fd)
+        // Before tokio-serial's open, which takes the port exclusively (TIOCEXCL); the kernel
+        // keeps a port's RS-485 settings across close and re-applies them at open.
+        let set = serial2::SerialPort::open(device, serial2::KeepSettings).and_then(|p| {
+            let mut conf = serial2::rs4xx::Rs485Config::new();
+            conf.set_full_duplex(false); // half duplex: no receive while sending
+            p.set_rs4xx_mode(conf) // RS-485 on, RTS high while sending
         });
         match set {
             Ok(()) => tracing::info!(%device, "kernel RS-485 mode on (RTS while sending)"),
@@ -220,6 +218,7 @@ fn open_serial(device: &str, bus: &SerialBus) -> io::Result<tokio_serial::Serial
             ),
         }
     }
+    let port = builder.open_native_async().map_err(io::Error::from)?;
     Ok(port)
 }
 
