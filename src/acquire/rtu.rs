@@ -319,6 +319,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_exception_from_a_unit_is_a_device_answer_not_a_transport_error() {
+        let bus = piped(|req| {
+            let mut frame = vec![req[0], 0x83, 0x02]; // illegal data address
+            frame.extend(crc(&frame));
+            Some(frame)
+        });
+        let r = bus
+            .call(
+                5,
+                Request::ReadHoldingRegisters(9000, 1),
+                Duration::from_millis(100),
+            )
+            .await;
+        assert!(
+            matches!(r, Ok(Err(ExceptionCode::IllegalDataAddress))),
+            "{r:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn a_port_that_cannot_open_is_a_port_error() {
         let open: Opener = Box::new(|| Err(io::Error::from(io::ErrorKind::NotFound)));
         let bus = spawn("/dev/none", bus(9600), open);
