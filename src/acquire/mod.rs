@@ -52,6 +52,7 @@
 
 pub mod decode;
 pub mod eip;
+mod link;
 pub mod modbus;
 pub mod plan;
 pub mod rtu;

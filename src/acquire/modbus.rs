@@ -44,13 +44,11 @@
 
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_modbus::client::{Client, Context};
-use tokio_modbus::slave::SlaveContext;
-use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+use tokio_modbus::{ExceptionCode, Request, Response};
 
 use super::decode::{decode_bits, decode_register_bits, decode_registers};
+use super::link::Link;
 use super::plan::{self, format_address, Placement, PlanError, ReadRequest, Span, Table};
 use super::rtu::{BusHandle, CallError, CallResult};
 use super::{EquipmentSample, PollError, Poller, PollerStats, Quality, SignalReading, Value};
@@ -69,20 +67,6 @@ pub struct ModbusPoller {
     slots: Vec<Slot>,
     requests: Vec<LiveRequest>,
     stats: PollerStats,
-}
-
-/// How requests reach the PLC.
-enum Link {
-    /// Its own TCP connection: `ctx` is `None` until the first poll and after every transport
-    /// error.
-    Tcp {
-        host: String,
-        port: u16,
-        ctx: Option<Context>,
-    },
-    /// A serial bus shared with other PLCs, owned by its bus task. `up` is false until the
-    /// first answer and after every transport error (so `run_plc` backs off).
-    Bus { bus: BusHandle, up: bool },
 }
 
 /// One signal of one equipment and where its data is.
@@ -221,75 +205,16 @@ impl ModbusPoller {
             .collect()
     }
 
-    /// Opens the TCP connection if there is none (a bus is opened by its task).
-    async fn tcp_connection(
-        plc: &str,
-        host: &str,
-        port: u16,
-        ctx: &mut Option<Context>,
-        timeout: Duration,
-        stats: &mut PollerStats,
-    ) -> Result<(), PollError> {
-        if ctx.is_none() {
-            let target = format!("{host}:{port}");
-            let connect = TcpStream::connect((host, port));
-            let stream = match tokio::time::timeout(timeout, connect).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    return Err(PollError::Transport(format!("connect to {target}: {e}")));
-                }
-                Err(_) => {
-                    return Err(PollError::Transport(format!(
-                        "connect to {target} timed out after {} ms",
-                        timeout.as_millis()
-                    )));
-                }
-            };
-            // Small requests, answered one at a time: do not let Nagle hold them back.
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(%plc, error = %e, "could not set TCP_NODELAY");
-            }
-            tracing::debug!(%plc, %target, "connected");
-            *ctx = Some(tokio_modbus::client::tcp::attach(stream));
-            stats.connects += 1;
-        }
-        Ok(())
-    }
-
     /// Sends one request over the link. Outer `Err`: the connection could not be opened.
     async fn call(&mut self, unit: u8, pdu: Request<'static>) -> Result<CallResult, PollError> {
-        let timeout = self.timeout;
-        match &mut self.link {
-            Link::Tcp { host, port, ctx } => {
-                Self::tcp_connection(&self.plc, host, *port, ctx, timeout, &mut self.stats).await?;
-                let Some(ctx) = ctx.as_mut() else {
-                    return Err(PollError::Transport("not connected".into()));
-                };
-                ctx.set_slave(Slave(unit));
-                Ok(match tokio::time::timeout(timeout, ctx.call(pdu)).await {
-                    Err(_) => Err(CallError::TimedOut),
-                    Ok(Err(e)) => Err(CallError::Failed(e)),
-                    Ok(Ok(answer)) => Ok(answer),
-                })
-            }
-            Link::Bus { bus, up } => {
-                let result = bus.call(unit, pdu, timeout).await;
-                if result.is_ok() && !*up {
-                    *up = true;
-                    self.stats.connects += 1;
-                }
-                Ok(result)
-            }
-        }
+        self.link
+            .call(&self.plc, unit, pdu, self.timeout, &mut self.stats)
+            .await
     }
 
-    /// After a transport error: the TCP connection is dropped (fresh transaction ids next
-    /// time); a bus PLC counts as disconnected until its next answer.
+    /// After a transport error: see [`Link::disconnect`].
     fn disconnect(&mut self) {
-        match &mut self.link {
-            Link::Tcp { ctx, .. } => *ctx = None,
-            Link::Bus { up, .. } => *up = false,
-        }
+        self.link.disconnect();
     }
 
     /// Issues one request. Outer `Err`: transport (the caller drops the connection); inner
@@ -576,10 +501,7 @@ impl Poller for ModbusPoller {
     }
 
     fn connected(&self) -> bool {
-        match &self.link {
-            Link::Tcp { ctx, .. } => ctx.is_some(),
-            Link::Bus { up, .. } => *up,
-        }
+        self.link.is_up()
     }
 
     fn stats(&self) -> PollerStats {
