@@ -208,7 +208,7 @@ impl EipPoller {
     pub fn new(plc: &Plc, equipment: &[Equipment]) -> Self {
         let slot = match plc.protocol {
             Protocol::EthernetIp { slot } => slot,
-            Protocol::ModbusTcp { .. } => 0,
+            Protocol::ModbusTcp { .. } | Protocol::ModbusRtu(_) => 0,
         };
         let mut slots = Vec::new();
         for (e, eq) in equipment.iter().enumerate() {

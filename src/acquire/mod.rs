@@ -52,8 +52,10 @@
 
 pub mod decode;
 pub mod eip;
+mod link;
 pub mod modbus;
 pub mod plan;
+pub mod rtu;
 pub mod schedule;
 pub mod stats;
 pub mod timer;
@@ -192,17 +194,32 @@ pub fn reconnect_backoff(failures: u32, base: Duration, cap: Duration) -> Durati
     Duration::from_millis(fastrand::u64(ms / 2..=ms))
 }
 
-/// Spawns one task per PLC; each sends a [`PollReport`] per tick into `out`.
+/// Spawns one task per PLC; each sends a [`PollReport`] per tick into `out`. PLCs on one
+/// serial device share one bus task ([`rtu`]), started here and ended with its last PLC.
 pub fn spawn_all(
     config: &Config,
     clock: Clock,
     out: mpsc::Sender<PollReport>,
     shutdown: watch::Receiver<bool>,
 ) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut buses: Vec<rtu::BusHandle> = Vec::new();
     config
         .plcs
         .iter()
         .map(|plc| {
+            let bus = match &plc.protocol {
+                Protocol::ModbusRtu(r) => {
+                    Some(match buses.iter().find(|b| b.device() == r.device) {
+                        Some(b) => b.clone(),
+                        None => {
+                            let b = rtu::spawn_serial(&r.device, r.bus);
+                            buses.push(b.clone());
+                            b
+                        }
+                    })
+                }
+                _ => None,
+            };
             let plc = plc.clone();
             let equipment: Vec<_> = config.equipment_of(&plc.name).cloned().collect();
             let out = out.clone();
@@ -215,6 +232,11 @@ pub fn spawn_all(
                     }
                     Protocol::EthernetIp { .. } => {
                         let poller = eip::EipPoller::new(&plc, &equipment);
+                        run_plc(plc, poller, clock, out, shutdown).await
+                    }
+                    Protocol::ModbusRtu(_) => {
+                        let Some(bus) = bus else { return };
+                        let poller = modbus::ModbusPoller::on_bus(&plc, &equipment, bus);
                         run_plc(plc, poller, clock, out, shutdown).await
                     }
                 }

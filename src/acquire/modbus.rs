@@ -1,4 +1,6 @@
-//! Modbus TCP acquisition: one [`ModbusPoller`] per PLC, built on tokio-modbus.
+//! Modbus acquisition: one [`ModbusPoller`] per PLC, built on tokio-modbus — over its own TCP
+//! connection (`modbus-tcp`) or through a shared serial bus (`modbus-rtu`, see [`super::rtu`]).
+//! Both use this one read path: plan, coalescing, decode and error classes are the same.
 //!
 //! ## Design
 //!
@@ -27,6 +29,10 @@
 //!   Only when nothing at all could be read does the poll fail, with
 //!   [`PollError::Exception`].
 //!
+//! Equipment may override the PLC's unit id (SPEC §9: a TCP gateway with serial units behind
+//! it, or several units on one bus behind one `[[plc]]`): the reads are planned per unit, and
+//! each request carries its unit.
+//!
 //! ## Invariants
 //!
 //! - Every network step — connect (including name resolution) and each request — has a
@@ -38,32 +44,28 @@
 
 use std::time::Duration;
 
-use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tokio_modbus::client::{Client, Context};
-use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+use tokio_modbus::{ExceptionCode, Request, Response};
 
 use super::decode::{decode_bits, decode_register_bits, decode_registers};
+use super::link::Link;
 use super::plan::{self, format_address, Placement, PlanError, ReadRequest, Span, Table};
+use super::rtu::{BusHandle, CallError, CallResult};
 use super::{EquipmentSample, PollError, Poller, PollerStats, Quality, SignalReading, Value};
 use crate::config::{ByteOrder, Equipment, ModbusAddress, Plc, Protocol, Signal, SignalSource};
 
 /// How long a request that drew a device exception rests before it is tried again.
 pub const EXCEPTION_RETRY: Duration = Duration::from_secs(60);
 
-/// Polls one Modbus TCP PLC: owns its connection and its read plan.
+/// Polls one Modbus PLC: owns its connection (or its place on a bus) and its read plan.
 pub struct ModbusPoller {
     plc: String,
-    host: String,
-    port: u16,
-    unit_id: u8,
+    link: Link,
     timeout: Duration,
     equipment: Vec<String>,
     /// Every signal, with its place in `requests` (or why it has none).
     slots: Vec<Slot>,
     requests: Vec<LiveRequest>,
-    /// `None` until the first poll and after every transport error.
-    ctx: Option<Context>,
     stats: PollerStats,
 }
 
@@ -82,6 +84,8 @@ struct Slot {
 #[derive(Clone, Copy)]
 struct LiveRequest {
     request: ReadRequest,
+    /// The unit (slave) id it goes to.
+    unit: u8,
     health: Health,
 }
 
@@ -109,23 +113,56 @@ impl ModbusPoller {
     /// Signals that cannot be planned (see [`PlanError`]) are logged here, once, and read as
     /// [`Quality::Bad`] on every poll.
     pub fn new(plc: &Plc, equipment: &[Equipment]) -> Self {
-        let unit_id = match plc.protocol {
-            Protocol::ModbusTcp { unit_id, .. } => unit_id,
+        let link = Link::Tcp {
+            host: plc.host.clone(),
+            port: plc.port,
+            ctx: None,
+        };
+        Self::with_link(plc, equipment, link)
+    }
+
+    /// A poller for a `modbus-rtu` PLC, sending through `bus` (see [`super::rtu`]).
+    pub fn on_bus(plc: &Plc, equipment: &[Equipment], bus: BusHandle) -> Self {
+        Self::with_link(plc, equipment, Link::Bus { bus, up: false })
+    }
+
+    fn with_link(plc: &Plc, equipment: &[Equipment], link: Link) -> Self {
+        let default_unit = match &plc.protocol {
+            Protocol::ModbusTcp { unit_id, .. } => *unit_id,
+            Protocol::ModbusRtu(rtu) => rtu.unit_id,
             Protocol::EthernetIp { .. } => 1,
         };
-        let read_plan = plan::plan(equipment);
-        let slots: Vec<Slot> = read_plan
-            .signals
-            .into_iter()
-            .map(|s| Slot {
-                equipment: s.equipment,
+        // One plan per unit: a request never spans two units.
+        let unit_of = |e: &Equipment| e.unit_id.unwrap_or(default_unit);
+        let mut units: Vec<u8> = equipment.iter().map(unit_of).collect();
+        units.sort_unstable();
+        units.dedup();
+        let mut slots: Vec<Slot> = Vec::new();
+        let mut requests: Vec<LiveRequest> = Vec::new();
+        for unit in units {
+            let members: Vec<usize> = (0..equipment.len())
+                .filter(|&i| unit_of(&equipment[i]) == unit)
+                .collect();
+            let group: Vec<Equipment> = members.iter().map(|&i| equipment[i].clone()).collect();
+            let read_plan = plan::plan(&group);
+            let base = requests.len();
+            slots.extend(read_plan.signals.into_iter().map(|s| Slot {
+                equipment: members.get(s.equipment).copied().unwrap_or(usize::MAX),
                 name: s.name,
                 signal: s.signal,
                 span: s.span,
-                placement: s.placement,
+                placement: s.placement.map(|p| Placement {
+                    request: base + p.request,
+                    ..p
+                }),
                 decode_failing: false,
-            })
-            .collect();
+            }));
+            requests.extend(read_plan.requests.into_iter().map(|request| LiveRequest {
+                request,
+                unit,
+                health: Health::Ok,
+            }));
+        }
         for slot in &slots {
             if let Err(e) = &slot.placement {
                 tracing::error!(
@@ -139,33 +176,22 @@ impl ModbusPoller {
         }
         tracing::debug!(
             plc = %plc.name,
-            requests = read_plan.requests.len(),
+            requests = requests.len(),
             signals = slots.len(),
             "Modbus read plan: {}",
-            read_plan
-                .requests
+            requests
                 .iter()
-                .map(ToString::to_string)
+                .map(|r| format!("unit {} {}", r.unit, r.request))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
         ModbusPoller {
             plc: plc.name.clone(),
-            host: plc.host.clone(),
-            port: plc.port,
-            unit_id,
+            link,
             timeout: Duration::from_millis(plc.timeout_ms.max(1)),
             equipment: equipment.iter().map(|e| e.code.clone()).collect(),
             slots,
-            requests: read_plan
-                .requests
-                .into_iter()
-                .map(|request| LiveRequest {
-                    request,
-                    health: Health::Ok,
-                })
-                .collect(),
-            ctx: None,
+            requests,
             stats: PollerStats::default(),
         }
     }
@@ -179,45 +205,26 @@ impl ModbusPoller {
             .collect()
     }
 
-    /// Opens the connection if there is none.
-    async fn connection(&mut self) -> Result<&mut Context, PollError> {
-        if self.ctx.is_none() {
-            let target = format!("{}:{}", self.host, self.port);
-            let connect = TcpStream::connect((self.host.as_str(), self.port));
-            let stream = match tokio::time::timeout(self.timeout, connect).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(e)) => {
-                    return Err(PollError::Transport(format!("connect to {target}: {e}")));
-                }
-                Err(_) => {
-                    return Err(PollError::Transport(format!(
-                        "connect to {target} timed out after {} ms",
-                        self.timeout.as_millis()
-                    )));
-                }
-            };
-            // Small requests, answered one at a time: do not let Nagle hold them back.
-            if let Err(e) = stream.set_nodelay(true) {
-                tracing::debug!(plc = %self.plc, error = %e, "could not set TCP_NODELAY");
-            }
-            tracing::debug!(plc = %self.plc, %target, "connected");
-            let ctx = tokio_modbus::client::tcp::attach_slave(stream, Slave(self.unit_id));
-            self.ctx = Some(ctx);
-            self.stats.connects += 1;
-        }
-        self.ctx
-            .as_mut()
-            .ok_or_else(|| PollError::Transport("not connected".into()))
+    /// Sends one request over the link. Outer `Err`: the connection could not be opened.
+    async fn call(&mut self, unit: u8, pdu: Request<'static>) -> Result<CallResult, PollError> {
+        self.link
+            .call(&self.plc, unit, pdu, self.timeout, &mut self.stats)
+            .await
+    }
+
+    /// After a transport error: see [`Link::disconnect`].
+    fn disconnect(&mut self) {
+        self.link.disconnect();
     }
 
     /// Issues one request. Outer `Err`: transport (the caller drops the connection); inner
     /// `Err`: the device answered with an exception.
     async fn read(
         &mut self,
+        unit: u8,
         request: ReadRequest,
     ) -> Result<Result<Answer, ExceptionCode>, PollError> {
         let timeout = self.timeout;
-        let ctx = self.connection().await?;
         let ReadRequest {
             table,
             start,
@@ -231,16 +238,19 @@ impl ModbusPoller {
         };
         // `Client::call` rather than the `Reader` helpers: those `debug_assert` the answer's
         // length (a panic on a misbehaving PLC in debug builds); we check it ourselves.
-        let response = match tokio::time::timeout(timeout, ctx.call(pdu)).await {
-            Err(_) => {
+        let response = match self.call(unit, pdu).await? {
+            Err(CallError::TimedOut) => {
                 return Err(PollError::Transport(format!(
                     "read {request} timed out after {} ms",
                     timeout.as_millis()
                 )))
             }
-            Ok(Err(e)) => return Err(PollError::Transport(transport_message(&request, &e))),
-            Ok(Ok(Err(code))) => return Ok(Err(code)),
-            Ok(Ok(Ok(response))) => response,
+            Err(CallError::Failed(e)) => {
+                return Err(PollError::Transport(transport_message(&request, &e)))
+            }
+            Err(CallError::Port(message)) => return Err(PollError::Transport(message)),
+            Ok(Err(code)) => return Ok(Err(code)),
+            Ok(Ok(response)) => response,
         };
         let want = usize::from(quantity);
         let answer = match response {
@@ -309,9 +319,11 @@ impl ModbusPoller {
             "PLC refused a merged read; reading its signals one by one to find the bad address"
         );
         let base = self.requests.len();
+        let unit = self.requests[index].unit;
         self.requests
             .extend(requests.into_iter().map(|request| LiveRequest {
                 request,
+                unit,
                 health: Health::Ok,
             }));
         for (&s, p) in members.iter().zip(placements) {
@@ -393,7 +405,12 @@ impl Poller for ModbusPoller {
         let mut refused: Vec<String> = Vec::new();
         // `split` appends requests; they are issued in this same poll.
         let mut next = 0;
-        while let Some(&LiveRequest { request, health }) = self.requests.get(next) {
+        while let Some(&LiveRequest {
+            request,
+            unit,
+            health,
+        }) = self.requests.get(next)
+        {
             let i = next;
             next += 1;
             answers.resize_with(self.requests.len(), || None);
@@ -407,10 +424,10 @@ impl Poller for ModbusPoller {
                 }
                 Health::Ok | Health::Excepted { .. } => {}
             }
-            match self.read(request).await {
+            match self.read(unit, request).await {
                 Err(e) => {
                     // Transport: the connection may be out of step; start afresh next poll.
-                    self.ctx = None;
+                    self.disconnect();
                     tracing::debug!(plc = %self.plc, error = %e, "dropping connection");
                     return Err(e);
                 }
@@ -484,7 +501,7 @@ impl Poller for ModbusPoller {
     }
 
     fn connected(&self) -> bool {
-        self.ctx.is_some()
+        self.link.is_up()
     }
 
     fn stats(&self) -> PollerStats {
@@ -546,7 +563,8 @@ fn transport_message(request: &ReadRequest, e: &tokio_modbus::Error) -> String {
     match e {
         tokio_modbus::Error::Transport(io) => {
             // tokio-modbus reports a connection closed by the PLC as `last_os_error()`, which
-            // is usually errno 0 ("Success"): say what happened instead.
+            // is usually errno 0 ("Success"): say what happened instead. (On a serial bus an
+            // end of file means the port went away.)
             if io.raw_os_error() == Some(0) || io.kind() == std::io::ErrorKind::UnexpectedEof {
                 format!("read {request}: connection closed by the PLC")
             } else {

@@ -73,6 +73,7 @@ mod gateway;
 mod metrics;
 mod mqtt;
 mod plc;
+mod rtu;
 mod signal;
 mod sparkplug;
 mod syntax;
@@ -392,6 +393,7 @@ impl Compiler<'_, '_> {
             }
             plcs.push(plc);
         }
+        self.shared_buses(&plc_tables, &plcs);
 
         let shifts = self.shifts(root);
         let planned_stops = self.planned_stops(root, &shifts);

@@ -312,9 +312,63 @@ pub struct Plc {
 /// Protocol-specific settings of a PLC.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Protocol {
-    ModbusTcp { unit_id: u8, byte_order: ByteOrder },
-    EthernetIp { slot: u8 },
+    ModbusTcp {
+        unit_id: u8,
+        byte_order: ByteOrder,
+    },
+    EthernetIp {
+        slot: u8,
+    },
+    /// SPEC §9: Modbus RTU on a serial port (`Plc::host` holds the device path, `port` is 0).
+    ModbusRtu(Rtu),
 }
+
+/// `protocol = "modbus-rtu"`: where the bus is and who this PLC is on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rtu {
+    /// The serial device, e.g. `/dev/ttyS1`; PLCs naming the same one share the bus.
+    pub device: String,
+    pub bus: SerialBus,
+    pub unit_id: u8,
+    pub byte_order: ByteOrder,
+}
+
+/// The settings every PLC on one serial bus must agree on (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SerialBus {
+    /// 1200 ..= 921600.
+    pub baud: u32,
+    pub parity: Parity,
+    /// 7 or 8.
+    pub data_bits: u8,
+    /// 1 or 2.
+    pub stop_bits: u8,
+    /// Kernel RS-485 mode (RTS on send) where the UART supports it.
+    pub rs485: bool,
+}
+
+impl SerialBus {
+    /// Bits on the wire per character: start, data, parity, stop.
+    pub fn bits_per_char(&self) -> u32 {
+        1 + u32::from(self.data_bits)
+            + u32::from(self.parity != Parity::None)
+            + u32::from(self.stop_bits)
+    }
+}
+
+/// `parity` of a serial bus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parity {
+    None,
+    Even,
+    Odd,
+}
+
+vocabulary! { Parity {
+    "none" => None,
+    "even" => Even,
+    "odd" => Odd,
+} }
 
 /// Word/byte order of multi-register values, named after how `1.0f32 = 0x3F800000` arrives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -358,6 +412,8 @@ pub struct Equipment {
     pub code: String,
     pub name: String,
     pub plc: String,
+    /// SPEC §9: overrides the PLC's `unit_id` (Modbus TCP gateways, RTU buses).
+    pub unit_id: Option<u8>,
     pub line_id: String,
     pub position_in_line: u32,
     pub primary: bool,

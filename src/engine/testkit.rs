@@ -31,6 +31,7 @@ pub(crate) fn config(publish_interval_ms: u64) -> Config {
         code: "BAG1".into(),
         name: "Bagger 1".into(),
         plc: "bagger".into(),
+        unit_id: None,
         line_id: "L1".into(),
         position_in_line: 1,
         primary: true,

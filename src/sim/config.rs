@@ -104,6 +104,7 @@ pub fn equipment(machine: Machine, plc: &str) -> Equipment {
         code: machine.code().into(),
         name: machine.name().into(),
         plc: plc.into(),
+        unit_id: None,
         line_id: "BP01-L1".into(),
         position_in_line: position,
         primary,

@@ -61,6 +61,7 @@ impl Compiler<'_, '_> {
                 "signals",
                 "fault",
                 "andon",
+                "unit_id",
             ],
         );
         let code = self.name(t, "code", true);
@@ -85,6 +86,21 @@ impl Compiler<'_, '_> {
                     Access::Unknown
                 }
             },
+        };
+        // SPEC §9: a Modbus gateway's (or bus's) unit per equipment, overriding the PLC's.
+        let unit_id = match acc {
+            Access::Logix if t.has("unit_id") => {
+                self.cx.error(
+                    &t.key_span("unit_id"),
+                    &t.path_of("unit_id"),
+                    "\"unit_id\" applies to equipment on modbus-tcp and modbus-rtu PLCs only",
+                );
+                None
+            }
+            _ => self
+                .cx
+                .int(t, "unit_id", Need::Optional, 0..=255)
+                .map(|u| u as u8),
         };
         let line_id = self.cx.text(t, "line_id", Need::Required);
         let position_in_line = self
@@ -150,6 +166,7 @@ impl Compiler<'_, '_> {
                 Access::Unknown => return None,
                 _ => plc_name?,
             },
+            unit_id,
             line_id: line_id?,
             position_in_line,
             primary,

@@ -15,8 +15,11 @@
 //!   error (SPEC §6 "Polling": slow links, RS-485, radios): a poll still running when its next
 //!   tick falls due makes that tick skipped and counted; `offline_after_polls` 1..=1000,
 //!   default 3.
-//! - `unit_id` and `byte_order` belong to `modbus-tcp`, `slot` to `ethernet-ip`: either on
-//!   the other protocol is an error at the key.
+//! - `unit_id` and `byte_order` belong to `modbus-tcp` and `modbus-rtu`, `slot` to
+//!   `ethernet-ip`: either on the other protocol is an error at the key.
+//! - `modbus-rtu` (SPEC §9) has `device` and the serial keys instead of `host`/`port` (see
+//!   [`super::rtu`]); `host` or `port` on it is an error at the key, and so is a serial key on
+//!   a network PLC.
 
 use super::super::{ByteOrder, Plc, Protocol};
 use super::walk::{Need, Table};
@@ -27,11 +30,13 @@ use super::{Access, Compiler};
 enum ProtocolKind {
     Modbus,
     Logix,
+    Rtu,
 }
 
 const PROTOCOLS: &[(&str, ProtocolKind)] = &[
     ("modbus-tcp", ProtocolKind::Modbus),
     ("ethernet-ip", ProtocolKind::Logix),
+    ("modbus-rtu", ProtocolKind::Rtu),
 ];
 
 impl Compiler<'_, '_> {
@@ -50,11 +55,23 @@ impl Compiler<'_, '_> {
                 "timeout_ms",
                 "byte_order",
                 "offline_after_polls",
+                "device",
+                "baud",
+                "parity",
+                "data_bits",
+                "stop_bits",
+                "rs485",
             ],
         );
         let name = self.name(t, "name", true);
         let kind = self.cx.choice(t, "protocol", Need::Required, PROTOCOLS);
-        let host = self.cx.text(t, "host", Need::Required).and_then(|h| {
+        let serial = kind == Some(ProtocolKind::Rtu);
+        let host_need = if serial {
+            Need::Optional
+        } else {
+            Need::Required
+        };
+        let host = self.cx.text(t, "host", host_need).and_then(|h| {
             if h.contains(char::is_whitespace) || h.contains("://") || h.contains('/') {
                 self.cx.error(
                     &t.span_of("host"),
@@ -107,13 +124,40 @@ impl Compiler<'_, '_> {
         let misplaced = |key: &str| -> Option<(&'static str, &'static str)> {
             match (kind?, key) {
                 (ProtocolKind::Logix, "unit_id" | "byte_order") => {
-                    Some(("modbus-tcp", "ethernet-ip"))
+                    Some(("modbus-tcp and modbus-rtu", "ethernet-ip"))
                 }
                 (ProtocolKind::Modbus, "slot") => Some(("ethernet-ip", "modbus-tcp")),
+                (ProtocolKind::Rtu, "slot") => Some(("ethernet-ip", "modbus-rtu")),
+                (ProtocolKind::Rtu, "host" | "port") => {
+                    Some(("modbus-tcp and ethernet-ip", "modbus-rtu"))
+                }
+                (
+                    ProtocolKind::Modbus | ProtocolKind::Logix,
+                    "device" | "baud" | "parity" | "data_bits" | "stop_bits" | "rs485",
+                ) => Some((
+                    "modbus-rtu",
+                    if kind == Some(ProtocolKind::Modbus) {
+                        "modbus-tcp"
+                    } else {
+                        "ethernet-ip"
+                    },
+                )),
                 _ => None,
             }
         };
-        for key in ["unit_id", "byte_order", "slot"] {
+        for key in [
+            "unit_id",
+            "byte_order",
+            "slot",
+            "host",
+            "port",
+            "device",
+            "baud",
+            "parity",
+            "data_bits",
+            "stop_bits",
+            "rs485",
+        ] {
             if let (true, Some((belongs, is))) = (t.has(key), misplaced(key)) {
                 self.cx.error(
                     &t.key_span(key),
@@ -122,16 +166,27 @@ impl Compiler<'_, '_> {
                 );
             }
         }
+        let unit_and_order = |this: &mut Self| {
+            let unit_id = this
+                .cx
+                .int(t, "unit_id", Need::Optional, 0..=255)
+                .unwrap_or(1) as u8;
+            let byte_order: ByteOrder = this
+                .cx
+                .choice(t, "byte_order", Need::Optional, ByteOrder::NAMES)
+                .unwrap_or_default();
+            (unit_id, byte_order)
+        };
         let (protocol, access) = match kind {
+            Some(ProtocolKind::Rtu) => {
+                let (unit_id, byte_order) = unit_and_order(self);
+                (
+                    self.rtu(t, unit_id, byte_order).map(Protocol::ModbusRtu),
+                    Access::Modbus(byte_order),
+                )
+            }
             Some(ProtocolKind::Modbus) => {
-                let unit_id = self
-                    .cx
-                    .int(t, "unit_id", Need::Optional, 0..=255)
-                    .unwrap_or(1) as u8;
-                let byte_order = self
-                    .cx
-                    .choice(t, "byte_order", Need::Optional, ByteOrder::NAMES)
-                    .unwrap_or_default();
+                let (unit_id, byte_order) = unit_and_order(self);
                 (
                     Some(Protocol::ModbusTcp {
                         unit_id,
@@ -145,6 +200,11 @@ impl Compiler<'_, '_> {
                 (Some(Protocol::EthernetIp { slot }), Access::Logix)
             }
             None => (None, Access::Unknown),
+        };
+        // An RTU PLC's "host" is its device (what logs and `status` name it by).
+        let (host, port) = match &protocol {
+            Some(Protocol::ModbusRtu(r)) => (Some(r.device.clone()), 0),
+            _ => (host, port),
         };
         let plc = match (name.clone(), host, protocol) {
             (Some(name), Some(host), Some(protocol)) => Some(Plc {
