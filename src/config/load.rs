@@ -352,10 +352,13 @@ impl Compiler<'_, '_> {
             .cx
             .table(root, "metrics", Need::Optional)
             .map(|t| self.metrics(&t));
-        let sparkplug = self
-            .cx
-            .table(root, "sparkplug", Need::Optional)
-            .map(|t| self.sparkplug(&t, gateway_id, mqtt.is_some()));
+        let sparkplug = self.cx.table(root, "sparkplug", Need::Optional).map(|t| {
+            // `Some("")`: an [mqtt] table that did not compile (its errors are reported).
+            let client_id = mqtt
+                .as_ref()
+                .map(|m| m.as_ref().map_or("", |m| m.client_id.as_str()));
+            self.sparkplug(&t, gateway_id, client_id)
+        });
         let storage = match self.cx.table(root, "storage", Need::Optional) {
             Some(t) => self.storage(&t),
             None => Storage {

@@ -187,6 +187,8 @@ pub struct Registry {
     brokers: Mutex<BTreeSet<String>>,
     /// Whether an `[mqtt]` table is configured (readiness asks for a broker only then).
     mqtt_configured: AtomicBool,
+    /// `[sparkplug] cloudevents = false`: no CloudEvents connection exists.
+    sparkplug_only: AtomicBool,
     /// (command label, result) → count.
     commands: Mutex<BTreeMap<(&'static str, &'static str), u64>>,
     plcs: Mutex<BTreeMap<String, PlcSeries>>,
@@ -218,6 +220,7 @@ impl Default for Registry {
             broker: Mutex::new(String::new()),
             brokers: Mutex::new(BTreeSet::new()),
             mqtt_configured: AtomicBool::new(false),
+            sparkplug_only: AtomicBool::new(false),
             commands: Mutex::new(BTreeMap::new()),
             plcs: Mutex::new(BTreeMap::new()),
             equipment: Mutex::new(BTreeMap::new()),
@@ -277,6 +280,10 @@ impl Registry {
         self.sparkplug
             .configured
             .store(config.sparkplug.is_some(), Ordering::Relaxed);
+        self.sparkplug_only.store(
+            config.sparkplug.is_some() && !config.cloudevents(),
+            Ordering::Relaxed,
+        );
         if let Some(m) = &config.metrics {
             self.ready_max_backlog_ms
                 .store(m.ready_max_backlog_s * 1000, Ordering::Relaxed);
@@ -406,7 +413,13 @@ impl Registry {
                 reasons.push(format!("plc {name}: offline"));
             }
         }
-        if self.mqtt_configured.load(Ordering::Relaxed) && !self.connected.load(Ordering::Relaxed) {
+        // With `[sparkplug] cloudevents = false` the Sparkplug connection is the only one.
+        let connected = if self.sparkplug_only.load(Ordering::Relaxed) {
+            self.sparkplug.connected.load(Ordering::Relaxed)
+        } else {
+            self.connected.load(Ordering::Relaxed)
+        };
+        if self.mqtt_configured.load(Ordering::Relaxed) && !connected {
             reasons.push("broker: disconnected".to_string());
         }
         let age_ms = self.outbox_oldest_age_ms(now_ms);
@@ -500,5 +513,15 @@ mod tests {
         assert!(e.0[1].contains("broker"));
         assert!(e.0[2].contains("301 s old"));
         assert!(r.readiness(299_000).unwrap_err().0.len() == 2);
+    }
+
+    #[test]
+    fn with_sparkplug_only_the_broker_is_ready_when_the_sparkplug_connection_is_up() {
+        let r = Registry::default();
+        r.mqtt_configured.store(true, Ordering::Relaxed);
+        r.sparkplug_only.store(true, Ordering::Relaxed);
+        assert!(r.readiness(0).unwrap_err().0[0].contains("broker"));
+        r.sparkplug.connected.store(true, Ordering::Relaxed);
+        assert_eq!(r.readiness(0), Ok(()));
     }
 }

@@ -9,7 +9,7 @@
 //!   NUL-terminated strings.
 //! - A value that is JSON `null`, or that does not fit its datatype, is sent as `is_null`
 //!   (never as a made-up 0).
-//! - `Quality` is an Int32 metric property: 192 good, 0 bad, 500 stale (the Ignition codes).
+//! - `quality` is an Int32 metric property: 192 good, 0 bad, 500 stale (the Ignition codes).
 
 use prost::Message as _;
 use serde_json::Value as Json;
@@ -18,13 +18,13 @@ use super::proto::{
     DataType, Metric, MetricValue, Payload, PropertySet, PropertyValue, PropertyValueValue,
 };
 
-/// The quality codes of the `Quality` property (Ignition's).
+/// The quality codes of the `quality` property (Ignition's numbers).
 pub const QUALITY_GOOD: i32 = 192;
 pub const QUALITY_BAD: i32 = 0;
 pub const QUALITY_STALE: i32 = 500;
 
 /// The name of the property carrying a metric's quality.
-pub const QUALITY_PROPERTY: &str = "Quality";
+pub const QUALITY_PROPERTY: &str = "quality";
 
 /// The metric a host writes to ask for a rebirth (NCMD).
 pub const REBIRTH: &str = "Node Control/Rebirth";
@@ -62,7 +62,7 @@ pub fn metric(m: &Out<'_>) -> Metric {
     }
 }
 
-/// The `Quality` property set.
+/// The `quality` property set.
 pub fn quality(code: i32) -> PropertySet {
     PropertySet {
         keys: vec![QUALITY_PROPERTY.to_string()],
@@ -274,7 +274,7 @@ mod tests {
         assert_eq!(m.is_null, Some(true));
         assert!(m.value.is_none());
         assert_eq!(m.is_historical, Some(true));
-        assert_eq!(m.properties.map(|p| p.keys), Some(vec!["Quality".into()]));
+        assert_eq!(m.properties.map(|p| p.keys), Some(vec!["quality".into()]));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! - [`proto`]: the protobuf messages of Tahu's `sparkplug_b.proto`, written by hand for
 //!   `prost` (no `protoc` at build time; why in its doc and docs/decisions.md "Sparkplug").
 //! - [`codec`]: the one owner of Sparkplug framing (values, arrays, `is_null`,
-//!   `is_historical`, the `Quality` property, NDEATH, inbound commands).
+//!   `is_historical`, the `quality` property, NDEATH, inbound commands).
 //! - [`model`]: pure: the metric catalogue (names, datatypes, aliases) and the
 //!   report-by-exception [`model::Recorder`] the store runs in each commit.
 //! - [`session`]: the edge node's own MQTT connection: bdSeq, births, DDATA from the outbox's

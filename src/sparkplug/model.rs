@@ -154,7 +154,7 @@ impl Catalogue {
     }
 }
 
-/// One metric's value: JSON `null` is sent as `is_null`; `q` is the `Quality` property.
+/// One metric's value: JSON `null` is sent as `is_null`; `q` is the `quality` property.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Reading {
     pub v: Json,

@@ -57,7 +57,7 @@ def on_message(client, userdata, msg):
             q = None
             if m.HasField("properties"):
                 for k, v in zip(m.properties.keys, m.properties.values):
-                    if k == "Quality":
+                    if k == "quality":
                         q = v.int_value
             quality.append(q)
         key = (group, edge, device)

@@ -18,13 +18,17 @@ use super::syntax::check_name;
 use super::walk::{Need, Table};
 use super::Compiler;
 
+/// What the Sparkplug connection appends to `[mqtt] client_id` (SPEC §8 "Connections").
+const SUFFIX: &str = "-spb";
+
 impl Compiler<'_, '_> {
     pub(super) fn sparkplug(
         &mut self,
         t: &Table<'_, '_>,
         gateway_id: &str,
-        has_mqtt: bool,
+        client_id: Option<&str>,
     ) -> Option<Sparkplug> {
+        let has_mqtt = client_id.is_some();
         self.cx.known_keys(
             t,
             &["group_id", "edge_node_id", "primary_host_id", "cloudevents"],
@@ -54,6 +58,19 @@ impl Compiler<'_, '_> {
             .cx
             .bool_(t, "cloudevents", Need::Optional)
             .unwrap_or(true);
+        if let Some(id) = client_id.filter(|id| id.len() + SUFFIX.len() > 128) {
+            self.cx.error_hint(
+                &t.span,
+                &t.path,
+                format!(
+                    "the Sparkplug connection's client id \"{id}{SUFFIX}\" would be longer than 128 bytes"
+                ),
+                Some(format!(
+                    "shorten [mqtt] client_id to at most {} bytes",
+                    128 - SUFFIX.len()
+                )),
+            );
+        }
         if !has_mqtt {
             return None;
         }
@@ -128,6 +145,20 @@ mod tests {
     fn sparkplug_without_mqtt_is_refused_at_the_header() {
         let e = error_at(&with("\n[sparkplug]\ngroup_id = \"BP01\"\n"), "sparkplug");
         assert!(e.message.contains("[mqtt]"), "{e}");
+    }
+
+    #[test]
+    fn the_client_id_leaves_room_for_the_sparkplug_suffix() {
+        let id = "a".repeat(125);
+        let text = with(&format!(
+            "\n[mqtt]\nurl = \"mqtt://127.0.0.1:1883\"\nclient_id = \"{id}\"\n\n[sparkplug]\ngroup_id = \"BP01\"\n"
+        ));
+        let e = error_at(&text, "sparkplug");
+        assert!(e.message.contains("longer than 128 bytes"), "{e}");
+        assert!(
+            e.hint.as_deref().is_some_and(|h| h.contains("at most 124")),
+            "{e}"
+        );
     }
 
     #[test]
