@@ -365,3 +365,119 @@ async fn values_and_quality_reach_mqtt_and_a_server_restart_is_survived() {
         .await;
     assert_eq!(writes(&peer), 0, "the daemon wrote:\n{}", peer.output());
 }
+
+fn secure_plc(port: u16, pki: &Path, password_file: &Path, trust: TrustServer) -> Plc {
+    let mut p = plc(port, pki);
+    p.protocol = Protocol::OpcUa(OpcUa {
+        endpoint: format!("opc.tcp://127.0.0.1:{port}/"),
+        security_policy: SecurityPolicy::Basic256Sha256,
+        security_mode: SecurityMode::SignAndEncrypt,
+        username: Some("ms5".into()),
+        password_file: Some(password_file.to_path_buf()),
+        pki_dir: pki.to_path_buf(),
+        trust_server: trust,
+    });
+    p
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic256sha256_with_a_user_an_unknown_server_certificate_is_rejected_then_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_pki = dir.path().join("server-pki");
+    let peer = server(
+        dir.path(),
+        None,
+        &[
+            "--secure",
+            server_pki.to_str().unwrap(),
+            "--user",
+            "ms5:s3cret",
+        ],
+    );
+    let password = dir.path().join("opcua.password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let pki = dir.path().join("pki");
+    let mut poller = OpcUaPoller::new(
+        &secure_plc(peer.port, &pki, &password, TrustServer::Pinned),
+        &[equipment(DataType::F32)],
+    );
+
+    // Pinned, the server's certificate not in trusted/: refused, saved under rejected/.
+    let e = poller
+        .poll()
+        .await
+        .expect_err("an untrusted server is refused");
+    assert!(!poller.connected());
+    let rejected = files_in(&pki.join("rejected"));
+    assert_eq!(rejected.len(), 1, "{e}: {rejected:?}");
+    assert!(e.to_string().contains("rejected"), "{e}");
+    assert!(files_in(&pki.join("trusted")).is_empty());
+
+    // The engineer moves it to trusted/: the next connect reads the store again.
+    let name = rejected[0].file_name().unwrap().to_owned();
+    std::fs::rename(&rejected[0], pki.join("trusted").join(&name)).unwrap();
+    let samples = poller.poll().await.expect("trusted now");
+    let s = &samples[0].signals;
+    assert_eq!(s["good_count"], good(Value::UInt(123_456)));
+    assert_eq!(s["speed"], good(Value::Float(87.5)));
+    assert_eq!(writes(&peer), 0);
+
+    // A wrong password is refused (not a crash, not a retry storm: one transport error).
+    std::fs::write(&password, "wrong\n").unwrap();
+    let mut wrong = OpcUaPoller::new(
+        &secure_plc(peer.port, &pki, &password, TrustServer::Pinned),
+        &[equipment(DataType::F32)],
+    );
+    wrong.poll().await.expect_err("a wrong password is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_use_trusts_the_first_server_certificate_and_refuses_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let password = dir.path().join("opcua.password");
+    std::fs::write(&password, "s3cret").unwrap();
+    let pki = dir.path().join("pki");
+    let first = server(
+        dir.path(),
+        None,
+        &[
+            "--secure",
+            dir.path().join("server-a").to_str().unwrap(),
+            "--user",
+            "ms5:s3cret",
+        ],
+    );
+    let port = first.port;
+    let plc = secure_plc(port, &pki, &password, TrustServer::FirstUse);
+    let mut poller = OpcUaPoller::new(&plc, &[equipment(DataType::F32)]);
+    let samples = poller.poll().await.expect("first use: trusted");
+    assert_eq!(samples[0].signals["running"], good(Value::Bool(true)));
+    assert_eq!(files_in(&pki.join("trusted")).len(), 1);
+    drop(poller);
+    drop(first);
+
+    // Another server (a new certificate) at the same address: refused and saved.
+    let _second = server(
+        dir.path(),
+        Some(port),
+        &[
+            "--secure",
+            dir.path().join("server-b").to_str().unwrap(),
+            "--user",
+            "ms5:s3cret",
+        ],
+    );
+    let mut poller = OpcUaPoller::new(&plc, &[equipment(DataType::F32)]);
+    poller
+        .poll()
+        .await
+        .expect_err("a different certificate is refused");
+    assert_eq!(files_in(&pki.join("trusted")).len(), 1);
+    assert_eq!(files_in(&pki.join("rejected")).len(), 1);
+}

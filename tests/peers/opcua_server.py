@@ -22,6 +22,7 @@ SignAndEncrypt with a user name and password; the server's certificate is create
 
 import asyncio
 import datetime
+import ipaddress
 import json
 import os
 import sys
@@ -75,7 +76,11 @@ async def make_cert(pki):
         .not_valid_after(now + datetime.timedelta(days=30))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier("urn:ms5-edge:test-server"), x509.DNSName("localhost")]
+                [
+                    x509.UniformResourceIdentifier("urn:ms5-edge:test-server"),
+                    x509.DNSName("localhost"),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                ]
             ),
             critical=False,
         )

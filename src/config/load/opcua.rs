@@ -230,8 +230,11 @@ pub(super) fn default_pki_dirs<'p>(
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{error_at, loaded, MINIMAL};
+    #[cfg(feature = "opcua")]
+    use super::super::testing::loaded;
+    use super::super::testing::{error_at, MINIMAL};
     use super::*;
+    #[cfg(feature = "opcua")]
     use crate::config::{DataType, SignalSource};
 
     /// MINIMAL with its PLC turned into an opc-ua one with `keys`, signals on nodes.
