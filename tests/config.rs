@@ -160,7 +160,7 @@ fn broken_configs() -> Vec<Case> {
             edit("protocol = \"modbus-tcp\"", "protocol = \"modbus\""),
             "plc[0].protocol",
             "protocol",
-            "expected one of \"modbus-tcp\", \"ethernet-ip\", \"modbus-rtu\", found \"modbus\"",
+            "expected one of \"modbus-tcp\", \"ethernet-ip\", \"modbus-rtu\", \"opc-ua\", found \"modbus\"",
         ),
         case(
             "port zero",
