@@ -58,14 +58,30 @@ struct Slot {
 /// A live session.
 struct Conn {
     session: Arc<Session>,
-    event_loop: tokio::task::JoinHandle<StatusCode>,
+    /// Always `Some` until dropped.
+    event_loop: Option<tokio::task::JoinHandle<StatusCode>>,
     /// Nodes per Read call; `usize::MAX` when the server sets no limit.
     max_nodes: usize,
 }
 
 impl Drop for Conn {
+    /// Closes the session politely (so the server frees it now, not at its timeout), then
+    /// stops the event loop; at most 1 s, in the background.
     fn drop(&mut self) {
-        self.event_loop.abort();
+        let session = self.session.clone();
+        let Some(event_loop) = self.event_loop.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) if !event_loop.is_finished() => {
+                rt.spawn(async move {
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), session.disconnect()).await;
+                    event_loop.abort();
+                });
+            }
+            _ => event_loop.abort(),
+        }
     }
 }
 
@@ -181,7 +197,7 @@ impl OpcUaPoller {
 
     async fn poll_inner(&mut self) -> Result<Vec<EquipmentSample>, PollError> {
         if let Some(c) = &self.conn {
-            if c.event_loop.is_finished() {
+            if c.event_loop.as_ref().is_none_or(|h| h.is_finished()) {
                 self.conn = None;
                 return Err(PollError::Transport("OPC UA session lost".into()));
             }
@@ -419,7 +435,7 @@ async fn open(plc: &str, ua: &OpcUa, timeout: Duration) -> Result<Conn, PollErro
     }
     let mut conn = Conn {
         session: session.clone(),
-        event_loop,
+        event_loop: Some(event_loop),
         max_nodes: usize::MAX,
     };
     // MaxNodesPerRead (0 or unreadable = no limit).
