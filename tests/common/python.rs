@@ -13,7 +13,7 @@ pub fn peers_python() -> PathBuf {
         python.exists(),
         "the protocol peers are not installed ({} is missing). Run scripts/test, which creates \
          the venv with pinned pymodbus and cpppo, or by hand: python3 -m venv target/peers-venv \
-         && target/peers-venv/bin/pip install pymodbus==3.16.1 cpppo==5.2.5",
+         && target/peers-venv/bin/pip install pymodbus==3.16.1 cpppo==5.2.5 asyncua==2.1.0",
         python.display()
     );
     python
