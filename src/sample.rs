@@ -147,6 +147,7 @@ fn type_max(t: DataType) -> u64 {
     match t {
         DataType::Bool => 1,
         DataType::I8 => i8::MAX as u64,
+        DataType::U8 => u8::MAX as u64,
         DataType::U16 => u16::MAX as u64,
         DataType::I16 => i16::MAX as u64,
         DataType::U32 => u32::MAX as u64,

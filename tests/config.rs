@@ -160,7 +160,7 @@ fn broken_configs() -> Vec<Case> {
             edit("protocol = \"modbus-tcp\"", "protocol = \"modbus\""),
             "plc[0].protocol",
             "protocol",
-            "expected one of \"modbus-tcp\", \"ethernet-ip\", \"modbus-rtu\", found \"modbus\"",
+            "expected one of \"modbus-tcp\", \"ethernet-ip\", \"modbus-rtu\", \"opc-ua\", found \"modbus\"",
         ),
         case(
             "port zero",
@@ -900,6 +900,7 @@ fn the_example_compiles_to_the_line_1_setup() {
             byte_order,
         } => (*address, *byte_order),
         SignalSource::Tag { tag } => panic!("bagger signal read by tag {tag}"),
+        SignalSource::Node { node } => panic!("bagger signal read by node {node}"),
     };
     assert_eq!(
         modbus(&s.running),
@@ -974,6 +975,7 @@ fn the_example_compiles_to_the_line_1_setup() {
     let tag = |sig: &ms5_edge::config::Signal| match &sig.source {
         SignalSource::Tag { tag } => tag.clone(),
         SignalSource::Modbus { .. } => panic!("loader signal read by address"),
+        SignalSource::Node { .. } => panic!("loader signal read by node"),
     };
     assert_eq!(
         (tag(&bl.signals.running), bl.signals.running.data_type),

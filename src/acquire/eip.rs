@@ -208,7 +208,7 @@ impl EipPoller {
     pub fn new(plc: &Plc, equipment: &[Equipment]) -> Self {
         let slot = match plc.protocol {
             Protocol::EthernetIp { slot } => slot,
-            Protocol::ModbusTcp { .. } | Protocol::ModbusRtu(_) => 0,
+            Protocol::ModbusTcp { .. } | Protocol::ModbusRtu(_) | Protocol::OpcUa(_) => 0,
         };
         let mut slots = Vec::new();
         for (e, eq) in equipment.iter().enumerate() {
@@ -220,6 +220,10 @@ impl EipPoller {
                     SignalSource::Modbus { .. } => (
                         String::new(),
                         Err("a Modbus address on an EtherNet/IP PLC".into()),
+                    ),
+                    SignalSource::Node { .. } => (
+                        String::new(),
+                        Err("an OPC UA node on an EtherNet/IP PLC".into()),
                     ),
                 };
                 if let Err(why) = &access {
@@ -618,6 +622,7 @@ fn logix_name(t: DataType) -> &'static str {
         DataType::I32 => "dint",
         DataType::I64 => "lint",
         DataType::U16 => "uint",
+        DataType::U8 => "usint",
         DataType::U32 => "udint",
         DataType::U64 => "ulint",
         DataType::F32 => "real",

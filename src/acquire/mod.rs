@@ -54,6 +54,8 @@ pub mod decode;
 pub mod eip;
 mod link;
 pub mod modbus;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod plan;
 pub mod rtu;
 pub mod schedule;
@@ -239,6 +241,14 @@ pub fn spawn_all(
                         let poller = modbus::ModbusPoller::on_bus(&plc, &equipment, bus);
                         run_plc(plc, poller, clock, out, shutdown).await
                     }
+                    #[cfg(feature = "opcua")]
+                    Protocol::OpcUa(_) => {
+                        let poller = opcua::OpcUaPoller::new(&plc, &equipment);
+                        run_plc(plc, poller, clock, out, shutdown).await
+                    }
+                    // The loader refuses opc-ua PLCs in a binary built without the feature.
+                    #[cfg(not(feature = "opcua"))]
+                    Protocol::OpcUa(_) => {}
                 }
             })
         })

@@ -130,7 +130,7 @@ impl ModbusPoller {
         let default_unit = match &plc.protocol {
             Protocol::ModbusTcp { unit_id, .. } => *unit_id,
             Protocol::ModbusRtu(rtu) => rtu.unit_id,
-            Protocol::EthernetIp { .. } => 1,
+            Protocol::EthernetIp { .. } | Protocol::OpcUa(_) => 1,
         };
         // One plan per unit: a request never spans two units.
         let unit_of = |e: &Equipment| e.unit_id.unwrap_or(default_unit);
@@ -291,6 +291,7 @@ impl ModbusPoller {
                 let at = match &slot.signal.source {
                     SignalSource::Modbus { address, .. } => format_address(address),
                     SignalSource::Tag { tag } => tag.clone(),
+                    SignalSource::Node { node } => node.clone(),
                 };
                 let code = self
                     .equipment
@@ -521,7 +522,9 @@ fn decode_slot(
             byte_order,
         } => (*address, *byte_order),
         // Never planned, so never here; decode as plain registers if it were.
-        SignalSource::Tag { .. } => (ModbusAddress::HoldingRegister(0), ByteOrder::Abcd),
+        SignalSource::Tag { .. } | SignalSource::Node { .. } => {
+            (ModbusAddress::HoldingRegister(0), ByteOrder::Abcd)
+        }
     };
     let range = usize::from(p.offset)..usize::from(p.offset) + usize::from(p.length);
     match answer {

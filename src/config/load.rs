@@ -72,6 +72,7 @@ mod equipment;
 mod gateway;
 mod metrics;
 mod mqtt;
+mod opcua;
 mod plc;
 mod rtu;
 mod signal;
@@ -283,6 +284,8 @@ enum Role {
 enum Access {
     Modbus(ByteOrder),
     Logix,
+    /// `opc-ua`: signals name a `node`.
+    OpcUa,
     /// The PLC reference is broken (already reported): check what can be checked.
     Unknown,
 }
@@ -397,6 +400,9 @@ impl Compiler<'_, '_> {
             plcs.push(plc);
         }
         self.shared_buses(&plc_tables, &plcs);
+        if let Some(g) = &gateway {
+            opcua::default_pki_dirs(plcs.iter_mut().flatten(), &g.data_dir);
+        }
 
         let shifts = self.shifts(root);
         let planned_stops = self.planned_stops(root, &shifts);

@@ -321,7 +321,68 @@ pub enum Protocol {
     },
     /// SPEC §9: Modbus RTU on a serial port (`Plc::host` holds the device path, `port` is 0).
     ModbusRtu(Rtu),
+    /// SPEC §9: an OPC UA server (`Plc::host`/`port` come from the endpoint URL).
+    OpcUa(OpcUa),
 }
+
+/// `protocol = "opc-ua"`: where the server is and how the client proves itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpcUa {
+    /// `opc.tcp://host[:port][/path]`.
+    pub endpoint: String,
+    pub security_policy: SecurityPolicy,
+    pub security_mode: SecurityMode,
+    pub username: Option<String>,
+    /// Resolved against the config file's directory; read at connect time.
+    pub password_file: Option<PathBuf>,
+    /// Own certificate under `own/`, server certificates under `trusted/` and `rejected/`.
+    pub pki_dir: PathBuf,
+    pub trust_server: TrustServer,
+}
+
+/// OPC UA security policy (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityPolicy {
+    None,
+    Basic256Sha256,
+    Aes128Sha256RsaOaep,
+    Aes256Sha256RsaPss,
+}
+
+vocabulary! { SecurityPolicy {
+    "None" => None,
+    "Basic256Sha256" => Basic256Sha256,
+    "Aes128Sha256RsaOaep" => Aes128Sha256RsaOaep,
+    "Aes256Sha256RsaPss" => Aes256Sha256RsaPss,
+} }
+
+/// OPC UA message security mode (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecurityMode {
+    None,
+    Sign,
+    SignAndEncrypt,
+}
+
+vocabulary! { SecurityMode {
+    "None" => None,
+    "Sign" => Sign,
+    "SignAndEncrypt" => SignAndEncrypt,
+} }
+
+/// How a server certificate becomes trusted (SPEC §9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrustServer {
+    /// The server's certificate must already be in `pki_dir/trusted`.
+    Pinned,
+    /// The first certificate seen is stored in `trusted/`; a different one later is refused.
+    FirstUse,
+}
+
+vocabulary! { TrustServer {
+    "pinned" => Pinned,
+    "first-use" => FirstUse,
+} }
 
 /// `protocol = "modbus-rtu"`: where the bus is and who this PLC is on it.
 #[derive(Debug, Clone, PartialEq)]
@@ -484,6 +545,7 @@ impl Signals {
                 DataType::Bool => 5,
                 DataType::U16 => 5,
                 DataType::I16 | DataType::I8 => 6,
+                DataType::U8 => 3,
                 DataType::U32 => 10,
                 DataType::I32 => 11,
                 DataType::U64 | DataType::I64 => 20,
@@ -541,6 +603,10 @@ pub enum SignalSource {
     Tag {
         tag: String,
     },
+    /// OPC UA node id as written (`ns=2;i=1001`, `ns=3;s=…`, `g=…`, `b=…`), validated at load.
+    Node {
+        node: String,
+    },
 }
 
 /// A zero-based Modbus protocol address with its table.
@@ -571,6 +637,8 @@ pub enum DataType {
     F64,
     /// Logix SINT
     I8,
+    /// OPC UA Byte (SPEC §9); no Modbus or Logix name.
+    U8,
 }
 
 impl DataType {
@@ -620,15 +688,33 @@ impl DataType {
 
     /// One name for every type: the Modbus name, else (for `I8`) the Logix one.
     pub fn as_str(self) -> &'static str {
+        if self == DataType::U8 {
+            return "u8";
+        }
         self.modbus_name()
             .or_else(|| self.logix_name())
             .unwrap_or("?")
     }
 
+    /// The OPC UA `type` names (SPEC §9: the §2 names plus `i8` and `u8`).
+    pub const OPCUA_NAMES: &'static [(&'static str, DataType)] = &[
+        ("bool", DataType::Bool),
+        ("i8", DataType::I8),
+        ("u8", DataType::U8),
+        ("i16", DataType::I16),
+        ("u16", DataType::U16),
+        ("i32", DataType::I32),
+        ("u32", DataType::U32),
+        ("i64", DataType::I64),
+        ("u64", DataType::U64),
+        ("f32", DataType::F32),
+        ("f64", DataType::F64),
+    ];
+
     /// Registers one element occupies on Modbus.
     pub fn registers(self) -> u16 {
         match self {
-            DataType::Bool | DataType::U16 | DataType::I16 | DataType::I8 => 1,
+            DataType::Bool | DataType::U16 | DataType::I16 | DataType::I8 | DataType::U8 => 1,
             DataType::U32 | DataType::I32 | DataType::F32 => 2,
             DataType::U64 | DataType::I64 | DataType::F64 => 4,
         }

@@ -79,6 +79,7 @@ pub fn signal_datatype(s: &Signal) -> DataType {
             SignalType::F32 => DataType::Float,
             SignalType::F64 => DataType::Double,
             SignalType::I8 => DataType::Int8,
+            SignalType::U8 => DataType::UInt8,
         }
     };
     if s.count > 1 {

@@ -13,7 +13,7 @@ pub fn peers_python() -> PathBuf {
         python.exists(),
         "the protocol peers are not installed ({} is missing). Run scripts/test, which creates \
          the venv with pinned pymodbus and cpppo, or by hand: python3 -m venv target/peers-venv \
-         && target/peers-venv/bin/pip install pymodbus==3.16.1 cpppo==5.2.5",
+         && target/peers-venv/bin/pip install pymodbus==3.16.1 cpppo==5.2.5 asyncua==2.1.0",
         python.display()
     );
     python
@@ -30,7 +30,11 @@ impl Peer {
     /// Starts `tests/peers/<script> <port> <args…>` and waits (up to 30 s) until the port
     /// accepts connections; fails with the peer's output if it exits first.
     pub fn start(script: &str, args: &[String]) -> Peer {
-        let port = super::free_port();
+        Peer::start_on(super::free_port(), script, args)
+    }
+
+    /// [`Peer::start`] on a given port (a peer restarted where the client expects it).
+    pub fn start_on(port: u16, script: &str, args: &[String]) -> Peer {
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
         let log = std::env::temp_dir().join(format!("ms5-peer-{script}-{port}.log"));
         let out = std::fs::File::create(&log).expect("peer log file");

@@ -89,7 +89,7 @@ impl Compiler<'_, '_> {
         };
         // SPEC §9: a Modbus gateway's (or bus's) unit per equipment, overriding the PLC's.
         let unit_id = match acc {
-            Access::Logix if t.has("unit_id") => {
+            Access::Logix | Access::OpcUa if t.has("unit_id") => {
                 self.cx.error(
                     &t.key_span("unit_id"),
                     &t.path_of("unit_id"),

@@ -22,6 +22,7 @@
 //!   a network PLC.
 
 use super::super::{ByteOrder, Plc, Protocol};
+use super::opcua::OPCUA_KEYS;
 use super::walk::{Need, Table};
 use super::{Access, Compiler};
 
@@ -31,12 +32,14 @@ enum ProtocolKind {
     Modbus,
     Logix,
     Rtu,
+    OpcUa,
 }
 
 const PROTOCOLS: &[(&str, ProtocolKind)] = &[
     ("modbus-tcp", ProtocolKind::Modbus),
     ("ethernet-ip", ProtocolKind::Logix),
     ("modbus-rtu", ProtocolKind::Rtu),
+    ("opc-ua", ProtocolKind::OpcUa),
 ];
 
 impl Compiler<'_, '_> {
@@ -61,11 +64,18 @@ impl Compiler<'_, '_> {
                 "data_bits",
                 "stop_bits",
                 "rs485",
+                "endpoint",
+                "security_policy",
+                "security_mode",
+                "username",
+                "password_file",
+                "pki_dir",
+                "trust_server",
             ],
         );
         let name = self.name(t, "name", true);
         let kind = self.cx.choice(t, "protocol", Need::Required, PROTOCOLS);
-        let serial = kind == Some(ProtocolKind::Rtu);
+        let serial = matches!(kind, Some(ProtocolKind::Rtu | ProtocolKind::OpcUa));
         let host_need = if serial {
             Need::Optional
         } else {
@@ -131,6 +141,25 @@ impl Compiler<'_, '_> {
                 (ProtocolKind::Rtu, "host" | "port") => {
                     Some(("modbus-tcp and ethernet-ip", "modbus-rtu"))
                 }
+                (ProtocolKind::OpcUa, "unit_id" | "byte_order") => {
+                    Some(("modbus-tcp and modbus-rtu", "opc-ua"))
+                }
+                (ProtocolKind::OpcUa, "slot") => Some(("ethernet-ip", "opc-ua")),
+                (ProtocolKind::OpcUa, "host" | "port") => {
+                    Some(("modbus-tcp and ethernet-ip", "opc-ua (use endpoint)"))
+                }
+                (
+                    ProtocolKind::OpcUa,
+                    "device" | "baud" | "parity" | "data_bits" | "stop_bits" | "rs485",
+                ) => Some(("modbus-rtu", "opc-ua")),
+                (k, key) if k != ProtocolKind::OpcUa && OPCUA_KEYS.contains(&key) => Some((
+                    "opc-ua",
+                    match k {
+                        ProtocolKind::Modbus => "modbus-tcp",
+                        ProtocolKind::Logix => "ethernet-ip",
+                        _ => "modbus-rtu",
+                    },
+                )),
                 (
                     ProtocolKind::Modbus | ProtocolKind::Logix,
                     "device" | "baud" | "parity" | "data_bits" | "stop_bits" | "rs485",
@@ -157,6 +186,13 @@ impl Compiler<'_, '_> {
             "data_bits",
             "stop_bits",
             "rs485",
+            "endpoint",
+            "security_policy",
+            "security_mode",
+            "username",
+            "password_file",
+            "pki_dir",
+            "trust_server",
         ] {
             if let (true, Some((belongs, is))) = (t.has(key), misplaced(key)) {
                 self.cx.error(
@@ -177,6 +213,7 @@ impl Compiler<'_, '_> {
                 .unwrap_or_default();
             (unit_id, byte_order)
         };
+        let mut endpoint: Option<(String, u16)> = None;
         let (protocol, access) = match kind {
             Some(ProtocolKind::Rtu) => {
                 let (unit_id, byte_order) = unit_and_order(self);
@@ -199,11 +236,31 @@ impl Compiler<'_, '_> {
                 let slot = self.cx.int(t, "slot", Need::Optional, 0..=255).unwrap_or(0) as u8;
                 (Some(Protocol::EthernetIp { slot }), Access::Logix)
             }
+            Some(ProtocolKind::OpcUa) if !cfg!(feature = "opcua") => {
+                self.cx.error_hint(
+                    &t.span_of("protocol"),
+                    &t.path_of("protocol"),
+                    "this ms5-edge was built without OPC UA (cargo feature \"opcua\")",
+                    Some("install the standard build, which includes OPC UA".into()),
+                );
+                (None, Access::OpcUa)
+            }
+            Some(ProtocolKind::OpcUa) => match self.opcua(t) {
+                Some((o, host, port)) => {
+                    endpoint = Some((host, port));
+                    (Some(Protocol::OpcUa(o)), Access::OpcUa)
+                }
+                None => (None, Access::OpcUa),
+            },
             None => (None, Access::Unknown),
         };
         // An RTU PLC's "host" is its device (what logs and `status` name it by).
         let (host, port) = match &protocol {
             Some(Protocol::ModbusRtu(r)) => (Some(r.device.clone()), 0),
+            Some(Protocol::OpcUa(_)) => match endpoint {
+                Some((h, p)) => (Some(h), p),
+                None => (None, 0),
+            },
             _ => (host, port),
         };
         let plc = match (name.clone(), host, protocol) {

@@ -53,14 +53,14 @@ const TYPE_ALIASES: &[(&str, &str, &str)] = &[
 
 /// The name of `dt` in the vocabulary of the signal's protocol (`?` if it has none there).
 pub(super) fn type_name(dt: DataType, logix: bool) -> &'static str {
-    dt.name(logix).unwrap_or("?")
+    dt.name(logix).unwrap_or(dt.as_str())
 }
 
 /// Bits in one element, for fault words; 0 for types that cannot carry fault bits.
 pub(super) fn element_bits(dt: DataType) -> u32 {
     match dt {
         DataType::Bool => 1,
-        DataType::I8 => 8,
+        DataType::I8 | DataType::U8 => 8,
         DataType::U16 | DataType::I16 => 16,
         DataType::U32 | DataType::I32 => 32,
         DataType::U64 | DataType::I64 => 64,
@@ -172,6 +172,7 @@ impl Compiler<'_, '_> {
             &[
                 "address",
                 "tag",
+                "node",
                 "type",
                 "count",
                 "scale",
@@ -198,6 +199,7 @@ impl Compiler<'_, '_> {
             .get("type")
             .or(t.get("address"))
             .or(t.get("tag"))
+            .or(t.get("node"))
             .map(|v| v.span())
             .unwrap_or(t.span.clone());
 
@@ -206,6 +208,7 @@ impl Compiler<'_, '_> {
         let known_protocol = !matches!(acc, Access::Unknown);
         let acc = match acc {
             Access::Unknown if t.has("tag") && !t.has("address") => Access::Logix,
+            Access::Unknown if t.has("node") && !t.has("address") => Access::OpcUa,
             Access::Unknown => Access::Modbus(ByteOrder::default()),
             known => known,
         };
@@ -274,6 +277,47 @@ impl Compiler<'_, '_> {
                 }
                 (SignalSource::Tag { tag }, data_type)
             }
+            Access::OpcUa => {
+                for key in ["address", "tag", "byte_order"] {
+                    if t.has(key) && known_protocol {
+                        self.cx.error_hint(
+                            &t.key_span(key),
+                            &t.path_of(key),
+                            format!(
+                                "\"{key}\" is not for opc-ua PLCs; this equipment's PLC is opc-ua"
+                            ),
+                            (key != "byte_order").then(|| {
+                                "use node = \"ns=2;s=Line.Running\" (or i=, g=, b= identifiers)"
+                                    .to_string()
+                            }),
+                        );
+                    }
+                }
+                let node = self.cx.text(t, "node", Need::Required).and_then(|s| {
+                    match super::opcua::check_node_id(&s) {
+                        Ok(()) => Some(s),
+                        Err(why) => {
+                            self.cx.error_hint(
+                                &t.span_of("node"),
+                                &t.path_of("node"),
+                                format!("\"{s}\" is not an OPC UA node id: {why}"),
+                                Some("copy the NodeId from an OPC UA browser, e.g. ns=3;s=\"DB_Line\".\"Running\" or ns=2;i=1001".into()),
+                            );
+                            None
+                        }
+                    }
+                });
+                let declared = self.opcua_type(t)?;
+                let default = if role == Role::Running {
+                    DataType::Bool
+                } else {
+                    DataType::I32
+                };
+                (
+                    SignalSource::Node { node: node? },
+                    declared.unwrap_or(default),
+                )
+            }
             Access::Unknown => return None,
         };
         let logix = matches!(acc, Access::Logix);
@@ -330,6 +374,40 @@ impl Compiler<'_, '_> {
             scale,
             offset,
         })
+    }
+
+    /// The declared `type` of an OPC UA signal (SPEC §9 names). `Some(None)` = not declared.
+    fn opcua_type(&mut self, t: &Table<'_, '_>) -> Option<Option<DataType>> {
+        let Some(v) = t.get("type") else {
+            return Some(None);
+        };
+        let path = t.path_of("type");
+        let s = self.cx.as_str(v, &path)?;
+        if let Some((_, dt)) = DataType::OPCUA_NAMES.iter().find(|(n, _)| *n == s) {
+            return Some(Some(*dt));
+        }
+        let names: Vec<String> = DataType::OPCUA_NAMES
+            .iter()
+            .map(|(n, _)| format!("\"{n}\""))
+            .collect();
+        let hint = TYPE_ALIASES
+            .iter()
+            .find(|(alias, _, _)| alias.eq_ignore_ascii_case(&s))
+            .map(|(_, n, _)| *n)
+            .or_else(|| match s.to_ascii_lowercase().as_str() {
+                "sbyte" => Some("i8"),
+                "byte" => Some("u8"),
+                _ => None,
+            })
+            .or_else(|| did_you_mean(&s, DataType::OPCUA_NAMES.iter().map(|(n, _)| *n)))
+            .map(|n| format!("did you mean \"{n}\"?"));
+        self.cx.error_hint(
+            &v.span(),
+            &path,
+            format!("expected one of {}, found \"{s}\"", names.join(", ")),
+            hint,
+        );
+        None
     }
 
     /// The declared `type`, in the vocabulary of the protocol. `Some(None)` = not declared.
