@@ -136,6 +136,34 @@ fn bd_seq(msg: &Value) -> i64 {
 }
 
 /// A rig whose config has `[sparkplug]` (plus `extra` keys) and polls every 100 ms.
+/// One of this file's tests at a time. Each runs a daemon, a mosquitto, a Modbus simulator and
+/// a Python Sparkplug host. With three or more at once on the 2-core machine, the host-outage
+/// test missed the CloudEvents state changes of its toggles (3 of 3 runs). It passes alone and
+/// serially, every time. Not yet understood: a free-port race between rigs is the suspect.
+/// Serial costs about a minute.
+static GATE: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+struct Slot;
+
+fn slot() -> Slot {
+    let (m, c) = &GATE;
+    let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
+    while *n >= 1 {
+        n = c.wait(n).unwrap_or_else(|e| e.into_inner());
+    }
+    *n += 1;
+    Slot
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let (m, c) = &GATE;
+        *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        c.notify_one();
+    }
+}
+
 async fn rig(extra: &str) -> Rig {
     let extra = extra.to_string();
     Rig::prepare(RigOptions {
@@ -159,6 +187,7 @@ fn assert_decoded(host: &Host) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn births_carry_names_aliases_and_datatypes_and_data_carries_aliases_only() {
+    let _slot = slot();
     let rig = rig("").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let _daemon = rig.spawn("daemon.log");
@@ -297,6 +326,7 @@ fn assert_seq_continuous(node: &[Value]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seq_wraps_past_255() {
+    let _slot = slot();
     let rig = rig("").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let _daemon = rig.spawn("daemon.log");
@@ -328,6 +358,7 @@ async fn seq_wraps_past_255() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndeath_on_kill_9_carries_the_births_bdseq_and_a_restart_takes_the_next() {
+    let _slot = slot();
     let rig = rig("").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let mut daemon = rig.spawn("daemon.log");
@@ -370,6 +401,7 @@ async fn ndeath_on_kill_9_carries_the_births_bdseq_and_a_restart_takes_the_next(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ncmd_rebirth_births_again_and_dcmd_writes_are_refused_with_nothing_written() {
+    let _slot = slot();
     let rig = rig("").await;
     let mut host = Host::start(rig.broker.port, "unused").await;
     let daemon = rig.spawn("daemon.log");
@@ -412,6 +444,7 @@ async fn ncmd_rebirth_births_again_and_dcmd_writes_are_refused_with_nothing_writ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_outage_ends_the_session_and_its_state_changes_come_back_historical_in_order() {
+    let _slot = slot();
     let rig = rig("primary_host_id = \"scada\"\n").await;
     let mut host = Host::start(rig.broker.port, "scada").await;
     let mut daemon = rig.spawn("daemon.log");
@@ -456,7 +489,8 @@ async fn a_host_outage_ends_the_session_and_its_state_changes_come_back_historic
         let after = rig.sub.snapshot().len();
         rig.line.bagger.set_override(hold_running(running));
         rig.sub
-            .wait(&format!("state {to}"), Duration::from_secs(15), |m| {
+            // 30 s: the whole suite runs this beside six other daemons on two cores.
+            .wait(&format!("state {to}"), Duration::from_secs(30), |m| {
                 common::rig::bagger_state_in(m, to, after)
             })
             .await;
@@ -548,6 +582,7 @@ async fn a_host_outage_ends_the_session_and_its_state_changes_come_back_historic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_cloudevents_off_only_sparkplug_is_published_and_commands_still_work() {
+    let _slot = slot();
     let rig = rig("cloudevents = false\n").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let _daemon = rig.spawn("daemon.log");
@@ -584,6 +619,7 @@ async fn with_cloudevents_off_only_sparkplug_is_published_and_commands_still_wor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_sends_ddeath_for_removed_equipment_and_dbirth_for_added_equipment() {
+    let _slot = slot();
     let rig = rig("").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let daemon = rig.spawn("daemon.log");
