@@ -23,6 +23,7 @@
 
 use super::super::{ByteOrder, Plc, Protocol};
 use super::opcua::OPCUA_KEYS;
+use super::rtu::RTU_KEYS;
 use super::walk::{Need, Table};
 use super::{Access, Compiler};
 
@@ -58,20 +59,12 @@ impl Compiler<'_, '_> {
                 "timeout_ms",
                 "byte_order",
                 "offline_after_polls",
-                "device",
-                "baud",
-                "parity",
-                "data_bits",
-                "stop_bits",
-                "rs485",
-                "endpoint",
-                "security_policy",
-                "security_mode",
-                "username",
-                "password_file",
-                "pki_dir",
-                "trust_server",
-            ],
+            ]
+            .iter()
+            .chain(RTU_KEYS)
+            .chain(OPCUA_KEYS)
+            .copied()
+            .collect::<Vec<_>>(),
         );
         let name = self.name(t, "name", true);
         let kind = self.cx.choice(t, "protocol", Need::Required, PROTOCOLS);
@@ -148,10 +141,9 @@ impl Compiler<'_, '_> {
                 (ProtocolKind::OpcUa, "host" | "port") => {
                     Some(("modbus-tcp and ethernet-ip", "opc-ua (use endpoint)"))
                 }
-                (
-                    ProtocolKind::OpcUa,
-                    "device" | "baud" | "parity" | "data_bits" | "stop_bits" | "rs485",
-                ) => Some(("modbus-rtu", "opc-ua")),
+                (ProtocolKind::OpcUa, key) if RTU_KEYS.contains(&key) => {
+                    Some(("modbus-rtu", "opc-ua"))
+                }
                 (k, key) if k != ProtocolKind::OpcUa && OPCUA_KEYS.contains(&key) => Some((
                     "opc-ua",
                     match k {
@@ -160,40 +152,25 @@ impl Compiler<'_, '_> {
                         _ => "modbus-rtu",
                     },
                 )),
-                (
-                    ProtocolKind::Modbus | ProtocolKind::Logix,
-                    "device" | "baud" | "parity" | "data_bits" | "stop_bits" | "rs485",
-                ) => Some((
-                    "modbus-rtu",
-                    if kind == Some(ProtocolKind::Modbus) {
-                        "modbus-tcp"
-                    } else {
-                        "ethernet-ip"
-                    },
-                )),
+                (ProtocolKind::Modbus | ProtocolKind::Logix, key) if RTU_KEYS.contains(&key) => {
+                    Some((
+                        "modbus-rtu",
+                        if kind == Some(ProtocolKind::Modbus) {
+                            "modbus-tcp"
+                        } else {
+                            "ethernet-ip"
+                        },
+                    ))
+                }
                 _ => None,
             }
         };
-        for key in [
-            "unit_id",
-            "byte_order",
-            "slot",
-            "host",
-            "port",
-            "device",
-            "baud",
-            "parity",
-            "data_bits",
-            "stop_bits",
-            "rs485",
-            "endpoint",
-            "security_policy",
-            "security_mode",
-            "username",
-            "password_file",
-            "pki_dir",
-            "trust_server",
-        ] {
+        for key in ["unit_id", "byte_order", "slot", "host", "port"]
+            .iter()
+            .chain(RTU_KEYS)
+            .chain(OPCUA_KEYS)
+            .copied()
+        {
             if let (true, Some((belongs, is))) = (t.has(key), misplaced(key)) {
                 self.cx.error(
                     &t.key_span(key),

@@ -19,6 +19,16 @@ use super::super::{ByteOrder, Parity, Plc, Protocol, Rtu, SerialBus};
 use super::walk::{Need, Table};
 use super::Compiler;
 
+/// The keys only a modbus-rtu PLC has (its bus settings).
+pub(super) const RTU_KEYS: &[&str] = &[
+    "device",
+    "baud",
+    "parity",
+    "data_bits",
+    "stop_bits",
+    "rs485",
+];
+
 impl Compiler<'_, '_> {
     /// The RTU settings of one `[[plc]]`.
     pub(super) fn rtu(
