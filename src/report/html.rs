@@ -235,12 +235,7 @@ pub fn render(report: &Value) -> Result<String, String> {
     for (code, e) in report["equipment"].as_object().into_iter().flatten() {
         h.push_str(&format!("<section><h2>{}</h2>\n<table>", esc(code)));
         let tg = &e["targets"];
-        for (label, key) in [
-            ("Availability", "availability"),
-            ("Performance", "performance"),
-            ("Quality", "quality"),
-            ("OEE", "oee"),
-        ] {
+        for &(label, key) in super::FIGURES {
             h.push_str(&format!(
                 "<tr><th>{label}</th><td class=n>{}</td><td class=n>target {}</td></tr>",
                 pct(&e[key]),

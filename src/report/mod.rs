@@ -190,6 +190,14 @@ pub fn build(
     }))
 }
 
+/// The four OEE figures as the text and HTML reports label them, with their `oee.snapshot` keys.
+const FIGURES: &[(&str, &str)] = &[
+    ("Availability", "availability"),
+    ("Performance", "performance"),
+    ("Quality", "quality"),
+    ("OEE", "oee"),
+];
+
 fn pct(v: &Value) -> String {
     v.as_f64()
         .map(|f| format!("{:5.1} %", f * 100.0))
@@ -217,12 +225,7 @@ pub fn text(report: &Value) -> String {
     for (code, e) in report["equipment"].as_object().into_iter().flatten() {
         let tg = &e["targets"];
         t.push_str(&format!("\n{code}\n"));
-        for (label, key) in [
-            ("Availability", "availability"),
-            ("Performance", "performance"),
-            ("Quality", "quality"),
-            ("OEE", "oee"),
-        ] {
+        for &(label, key) in FIGURES {
             t.push_str(&format!(
                 "  {label:<13}{}   target {}\n",
                 pct(&e[key]),
