@@ -131,6 +131,18 @@ pub fn insert(
     Ok((row, bytes as u64))
 }
 
+/// A second connection to the database the core created (the uplink's, the Sparkplug
+/// session's), with a 10 s busy timeout and its own `synchronous` level.
+pub(super) fn side_connection(
+    data_dir: &Path,
+    synchronous: &str,
+) -> Result<Connection, StoreError> {
+    let conn = Connection::open(data_dir.join(DB_FILE))?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "synchronous", synchronous)?;
+    Ok(conn)
+}
+
 /// The uplink's own connection: reads unsent rows in `seq` order, deletes acknowledged ones.
 pub struct OutboxReader {
     conn: Connection,
@@ -139,11 +151,9 @@ pub struct OutboxReader {
 impl OutboxReader {
     /// Opens a second connection to the database the core created.
     pub fn open(data_dir: &Path) -> Result<OutboxReader, StoreError> {
-        let conn = Connection::open(data_dir.join(DB_FILE))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
         // Deletes of acknowledged rows need no fsync of their own: one lost to a power cut is
         // a resend (allowed by at-least-once), never a loss. See the store's module doc.
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let conn = side_connection(data_dir, "NORMAL")?;
         Ok(OutboxReader { conn })
     }
 

@@ -24,12 +24,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension};
 use tokio::sync::Notify;
 
-use super::{Store, StoreError, DB_FILE};
+use super::{Store, StoreError};
 use crate::engine::Event;
 use crate::sparkplug::model::{Reading, Recorder, Values};
 
@@ -235,10 +234,8 @@ pub struct SpbReader {
 impl SpbReader {
     /// Opens a connection to the database the core created.
     pub fn open(data_dir: &Path) -> Result<SpbReader, StoreError> {
-        let conn = Connection::open(data_dir.join(DB_FILE))?;
-        conn.busy_timeout(Duration::from_secs(10))?;
         // bdSeq must survive a power cut (module doc); deletes are once per fence.
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        let conn = super::outbox::side_connection(data_dir, "FULL")?;
         Ok(SpbReader { conn })
     }
 
