@@ -303,9 +303,13 @@ fn reload_config(path: &std::path::Path, notifier: &ms5_edge::notify::Notifier) 
     None
 }
 
+/// One thread for the I/O (PLC tasks, uplink, Sparkplug session, metrics): every one of them
+/// waits on sockets and timerfds and does microseconds of work per wake-up, so a work-stealing
+/// pool would only add cross-thread wake-ups (issue 10: a third of the context switches per
+/// poll). Blocking work runs elsewhere: the core (engine + SQLite writer) on its own thread,
+/// SQLite reads and deletes of the uplink in `spawn_blocking`.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    Ok(tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?)
 }

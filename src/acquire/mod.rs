@@ -32,7 +32,7 @@
 //! last error and whether the PLC counts as `offline`. Field names are part of the status
 //! contract: add, never rename.
 //!
-//! Ticks start on a dedicated timer thread ([`timer`]), not tokio's millisecond timer, so a
+//! Ticks start on a per-task timerfd ([`timer`]), not tokio's millisecond timer, so a
 //! poll starts within a fraction of a millisecond of its scheduled time. Every PLC's schedule
 //! starts at the same instant, on purpose: the reports of one tick then reach the core together
 //! and are committed in one SQLite transaction (see `BENCHMARKS.md`, Acquisition).
@@ -277,12 +277,13 @@ pub async fn run_plc<P: Poller>(
     let mut counters = PlcCounters::default();
     let mut lateness = stats::Histogram::default();
     let mut retry_at: Option<tokio::time::Instant> = None;
+    let mut timer = timer::PollTimer::new();
     loop {
         let tick = ticks.next_tick(clock.mono_now());
         counters.skipped_ticks += tick.skipped;
         tokio::select! {
             // Not tokio's timer: it starts ticks 1–2 ms late (see [`timer`]).
-            _ = timer::sleep_until(tick.at) => {}
+            _ = timer.sleep_until(tick.at) => {}
             _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {

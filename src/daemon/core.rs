@@ -164,6 +164,11 @@ pub(super) struct Core {
     /// When the PLC counters were last written for `status` (at most once a second, or at
     /// once when a PLC's link or error changes: a row per poll was a third of each commit).
     last_health_ms: i64,
+    /// When the heartbeat was last committed, and how often a commit that carries nothing
+    /// else is worth it: half the slowest poll interval (`status` calls the daemon stalled
+    /// after three), at most a second.
+    last_heartbeat_ms: i64,
+    heartbeat_every_ms: i64,
     /// Per PLC: (time of the last poll tick, counters), for `P/status` and the view.
     plc_health: BTreeMap<String, (i64, PlcCounters)>,
     /// Highest outbox seq committed so far (the view).
@@ -216,6 +221,13 @@ impl Core {
         if let Some(every) = ping_every {
             beat_every = beat_every.min(every.max(Duration::from_millis(10)));
         }
+        let heartbeat_every_ms = config
+            .plcs
+            .iter()
+            .map(|plc| i64::try_from(plc.poll_interval_ms / 2).unwrap_or(i64::MAX))
+            .max()
+            .unwrap_or(1000)
+            .clamp(10, 1000);
         let mut beat = tokio::time::interval(beat_every);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let now = Instant::now();
@@ -232,6 +244,8 @@ impl Core {
             last_tick_ms: i64::MIN,
             last_memory_ms: i64::MIN / 2,
             last_health_ms: i64::MIN / 2,
+            last_heartbeat_ms: i64::MIN / 2,
+            heartbeat_every_ms,
             plc_health: BTreeMap::new(),
             last_seq: 0,
             recent: Vec::new(),
@@ -309,7 +323,12 @@ impl Core {
             let mut reports = Vec::new();
             tokio::select! {
                 r = self.inputs.polls.recv() => match r {
-                    Some(r) => reports.push(r),
+                    Some(r) => {
+                        reports.push(r);
+                        // The beat is for when reports stop coming: while they come, each
+                        // one wakes the loop, and a beat in between would only cost a wake-up.
+                        self.beat.reset();
+                    }
                     None => closed = true,
                 },
                 c = recv_command(&mut self.inputs.commands) => match c {
@@ -461,6 +480,14 @@ impl Core {
                 .events()
                 .iter()
                 .any(|e| !matches!(e, Event::Telemetry { .. }));
+        // Nothing to write but the heartbeat, and it is fresh: no transaction at all.
+        if self.queue.is_empty()
+            && !write_health
+            && !save_memory
+            && now_ms < self.last_heartbeat_ms + self.heartbeat_every_ms
+        {
+            return;
+        }
         let done = self.store.commit_or_queue(
             &mut self.queue,
             &self.engine,
@@ -483,6 +510,9 @@ impl Core {
         }
         if done.batch && write_health {
             self.last_health_ms = now_ms;
+        }
+        if done.batch {
+            self.last_heartbeat_ms = now_ms;
         }
         if let Some(max) = done.max_seq {
             self.last_seq = max;

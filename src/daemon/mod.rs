@@ -6,9 +6,13 @@
 //!                               └────────────── commands ◄───────────────┘
 //! ```
 //!
-//! The core runs on its own OS thread with a single-threaded runtime: it owns the engine and
-//! the SQLite writer, so blocking SQLite calls never stall the async worker threads that poll
-//! PLCs and talk MQTT. All channels are bounded.
+//! Two threads carry a poll. The I/O thread (the process's single-threaded tokio runtime) runs
+//! every PLC task, the uplink, the Sparkplug session and the metrics server: they wait on
+//! sockets and timerfds in one `epoll_wait`. The core runs on its own OS thread with a
+//! single-threaded runtime: it owns the engine and the SQLite writer, so a commit's fsync
+//! never delays a poll tick. One poll therefore crosses threads twice (report to the core,
+//! committed rows back to the uplink); the uplink's batched SQLite deletes go through
+//! `spawn_blocking`. All channels are bounded.
 //!
 //! Shutdown (SIGTERM/SIGINT → the `shutdown` watch): PLC tasks stop and drop their senders; the
 //! core commits what it has and exits when the poll channel closes; the uplink waits briefly for

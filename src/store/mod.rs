@@ -15,8 +15,9 @@
 //!   ([`Hot`]), and the statement cache holds every statement of a commit.
 //! - **Stream.** A random UUID created in the same transaction as the schema: a new database is
 //!   a new stream, and consumers can tell.
-//! - **Off the runtime.** A `Store` is owned by one thread (the core) and never used from async
-//!   worker threads; the uplink has its own connection ([`outbox::OutboxReader`]).
+//! - **Off the runtime.** A `Store` is owned by one thread (the core) and never used from the async
+//!   I/O thread; the uplink has its own connection ([`outbox::OutboxReader`]), used through
+//!   `spawn_blocking`.
 //!
 //! ## Durability settings (power loss on an SD card)
 //! - `journal_mode = WAL`: readers (`status`, the uplink) never block the writer, and a commit
@@ -291,6 +292,8 @@ pub struct Store {
     handoff: Option<Handoff>,
     /// `[sparkplug]`: its rows are written with every commit ([`sparkplug`]).
     sparkplug: Option<sparkplug::Spb>,
+    /// The connection's `synchronous` setting is `FULL` (see [`Store::commit`]).
+    sync_full: bool,
 }
 
 /// The uplink's side of the committed-rows fast path.
@@ -510,6 +513,7 @@ impl Store {
             file_id,
             handoff: None,
             sparkplug: None,
+            sync_full: true,
         })
     }
 
@@ -595,7 +599,18 @@ impl Store {
     /// When the outbox ends up above `max_outbox_mb`, the oldest rows of the lowest drop class
     /// are deleted and recorded in the ledger in the same transaction ([`bounds`]); disk-full
     /// losses noted since the last successful commit are recorded too.
+    ///
+    /// A batch that carries nothing but the heartbeat (no event, health row, memory or loss)
+    /// is committed with `synchronous = NORMAL`: no fsync of its own. It holds no promise —
+    /// a power cut may take the last heartbeats back to the last `FULL` commit (the memory
+    /// and health rows are one at least every second), and the next `FULL` commit's fsync
+    /// makes its WAL frames durable too. Everything else is committed with `FULL`.
     pub fn commit(&mut self, batch: &Batch<'_>) -> Result<Vec<i64>, StoreError> {
+        let liveness_only = batch.events.is_empty()
+            && batch.health.is_empty()
+            && batch.memories.is_empty()
+            && self.unrecorded_losses.is_empty();
+        self.set_sync_full(!liveness_only)?;
         let hot = Hot::begin(&self.conn)?;
         let tx = hot.conn;
         let mut rows = Vec::new();
@@ -834,6 +849,18 @@ fn read_recovered(conn: &Connection) -> Option<Recovered> {
 /// The core's write transaction, begun and committed through cached statements: rusqlite's
 /// `Transaction` parses `BEGIN` and `COMMIT` afresh each time, once per poll on the hot path.
 /// Dropped without [`Hot::commit`] (an error on the way), it rolls back.
+impl Store {
+    /// Sets the connection's `synchronous` to `FULL` or `NORMAL`, only when it changes.
+    fn set_sync_full(&mut self, full: bool) -> Result<(), StoreError> {
+        if self.sync_full != full {
+            let level = if full { "FULL" } else { "NORMAL" };
+            self.conn.pragma_update(None, "synchronous", level)?;
+            self.sync_full = full;
+        }
+        Ok(())
+    }
+}
+
 struct Hot<'c> {
     conn: &'c Connection,
     open: bool,
@@ -1058,5 +1085,57 @@ impl ReadOnly {
                 .ok()
                 .and_then(|v| serde_json::from_str(&v).ok()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::engine::{Event, MachineState};
+
+    fn synchronous(store: &Store) -> i64 {
+        store
+            .conn
+            .pragma_query_value(None, "synchronous", |r| r.get(0))
+            .unwrap()
+    }
+
+    #[test]
+    fn only_a_heartbeat_alone_is_committed_without_its_own_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        const NORMAL: i64 = 1;
+        const FULL: i64 = 2;
+        store
+            .commit(&Batch {
+                heartbeat_ms: 1,
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(synchronous(&store), NORMAL);
+        let events = [Event::StateChanged {
+            equipment: "E1".into(),
+            from: MachineState::Running,
+            to: MachineState::Stopped,
+            at_ms: 2,
+        }];
+        store
+            .commit(&Batch {
+                events: &events,
+                heartbeat_ms: 2,
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(synchronous(&store), FULL, "an event is committed with FULL");
+        assert_eq!(store.heartbeat_ms().unwrap(), Some(2));
+        store
+            .commit(&Batch {
+                memories: vec![("E1".into(), "{}".into())],
+                heartbeat_ms: 3,
+                ..Batch::default()
+            })
+            .unwrap();
+        assert_eq!(synchronous(&store), FULL, "a memory is committed with FULL");
     }
 }

@@ -140,8 +140,15 @@ pub(super) fn side_connection(
     let conn = Connection::open(data_dir.join(DB_FILE))?;
     conn.busy_timeout(Duration::from_secs(10))?;
     conn.pragma_update(None, "synchronous", synchronous)?;
+    // These connections read the outbox front to back and delete behind themselves: a small
+    // page cache serves them as well as SQLite's default 2 MiB, which a backlog replay would
+    // otherwise fill and keep (RSS after a long outage, issue 10).
+    conn.pragma_update(None, "cache_size", SIDE_CACHE_KIB)?;
     Ok(conn)
 }
+
+/// Page cache of a side connection, in KiB (SQLite's negative `cache_size`).
+const SIDE_CACHE_KIB: i64 = -256;
 
 /// The uplink's own connection: reads unsent rows in `seq` order, deletes acknowledged ones.
 pub struct OutboxReader {
