@@ -8,10 +8,10 @@ use crate::clock::rfc3339_ms;
 use crate::engine::Event;
 
 /// Lines kept in [`super::DaemonView::recent`], newest last.
-pub const RECENT_LINES: usize = 50;
+pub(super) const RECENT_LINES: usize = 50;
 
 /// `2026-12-01T09:00:00.000Z BP01.PACK.BAG1: Running → Stopped`, and the like.
-pub fn describe(e: &Event) -> String {
+pub(super) fn describe(e: &Event) -> String {
     let at = rfc3339_ms(e.at_ms());
     let eq = e.equipment();
     match e {

@@ -296,18 +296,18 @@ pub(crate) mod tests {
     use serde_json::json;
 
     /// The demo's configuration (Europe/London, two equipment, two PLCs).
-    pub fn demo_config() -> Config {
+    pub(crate) fn demo_config() -> Config {
         let text = crate::demo::config_text(1502, 1503, "/tmp/unused", None);
         crate::config::load_str(&text, "demo.toml")
             .map(|l| l.config)
             .unwrap_or_else(|e| panic!("demo config: {e:?}"))
     }
 
-    pub const NOW: i64 = 1_780_000_000_000; // 2026-05-28T20:26:40Z
+    pub(crate) const NOW: i64 = 1_780_000_000_000; // 2026-05-28T20:26:40Z
 
     /// A running daemon: the bagger faulted with a film break and an open high andon, the
     /// loader running a job, shift OEE on the bagger, both PLCs polled.
-    pub fn faulted_bagger() -> Value {
+    pub(crate) fn faulted_bagger() -> Value {
         json!({
             "alive": true,
             "heartbeat": "2026-05-28T20:26:39.500Z",
@@ -344,7 +344,7 @@ pub(crate) mod tests {
         })
     }
 
-    pub fn view() -> View {
+    pub(crate) fn view() -> View {
         View::from_status(
             &demo_config(),
             &faulted_bagger(),

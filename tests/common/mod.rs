@@ -3,6 +3,8 @@
 //! [`rig::Rig`] puts them together with the simulated line, its config and the daemon
 //! (in-process or as a process), the set-up most end-to-end tests share.
 #![allow(dead_code)]
+// Each test crate uses part of this module; its items are `pub` for all of them.
+#![allow(unreachable_pub)]
 
 pub mod line;
 pub mod pki;

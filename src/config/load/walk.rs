@@ -38,17 +38,17 @@ pub(super) struct Table<'a, 'i> {
 
 impl<'a, 'i> Table<'a, 'i> {
     /// The value of `key`, if present.
-    pub fn get(&self, key: &str) -> Option<&'a Value<'i>> {
+    pub(super) fn get(&self, key: &str) -> Option<&'a Value<'i>> {
         self.map.get(key)
     }
 
     /// Whether `key` is present.
-    pub fn has(&self, key: &str) -> bool {
+    pub(super) fn has(&self, key: &str) -> bool {
         self.map.get(key).is_some()
     }
 
     /// Span of the key itself (for "this key does not belong here"), else of the table.
-    pub fn key_span(&self, key: &str) -> Span {
+    pub(super) fn key_span(&self, key: &str) -> Span {
         self.map
             .get_key_value(key)
             .map(|(k, _)| k.span())
@@ -56,19 +56,19 @@ impl<'a, 'i> Table<'a, 'i> {
     }
 
     /// Span of the value of `key`, else of the table itself.
-    pub fn span_of(&self, key: &str) -> Span {
+    pub(super) fn span_of(&self, key: &str) -> Span {
         self.get(key)
             .map(|v| v.span())
             .unwrap_or_else(|| self.span.clone())
     }
 
     /// Key path of a child key.
-    pub fn path_of(&self, key: &str) -> String {
+    pub(super) fn path_of(&self, key: &str) -> String {
         join(&self.path, key)
     }
 
     /// Entries in file order (the underlying map is sorted by name, not by position).
-    pub fn entries(&self) -> Vec<(&'a str, Span, &'a Value<'i>)> {
+    pub(super) fn entries(&self) -> Vec<(&'a str, Span, &'a Value<'i>)> {
         let mut v: Vec<_> = self
             .map
             .iter()
@@ -138,13 +138,13 @@ pub(super) struct Lines<'s> {
 }
 
 impl<'s> Lines<'s> {
-    pub fn new(text: &'s str) -> Self {
+    pub(super) fn new(text: &'s str) -> Self {
         let mut starts = vec![0];
         starts.extend(text.match_indices('\n').map(|(i, _)| i + 1));
         Lines { text, starts }
     }
 
-    pub fn position(&self, offset: usize) -> (usize, usize) {
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         let line = self.starts.partition_point(|&s| s <= offset).max(1);
         let start = self.starts[line - 1];
@@ -167,7 +167,7 @@ pub(super) struct Ctx<'s> {
 }
 
 impl<'s> Ctx<'s> {
-    pub fn new(file: &str, text: &'s str) -> Self {
+    pub(super) fn new(file: &str, text: &'s str) -> Self {
         Ctx {
             file: file.to_string(),
             lines: Lines::new(text),
@@ -178,7 +178,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// 1-based line and column of a byte offset.
-    pub fn position(&self, offset: usize) -> (usize, usize) {
+    pub(super) fn position(&self, offset: usize) -> (usize, usize) {
         self.lines.position(offset)
     }
 
@@ -195,13 +195,13 @@ impl<'s> Ctx<'s> {
     }
 
     /// Records an error at `span` for the key path `key`.
-    pub fn error(&mut self, span: &Span, key: &str, message: impl Into<String>) {
+    pub(super) fn error(&mut self, span: &Span, key: &str, message: impl Into<String>) {
         let e = self.make(span, key, message.into(), None);
         self.errors.push(e);
     }
 
     /// Records an error with a hint.
-    pub fn error_hint(
+    pub(super) fn error_hint(
         &mut self,
         span: &Span,
         key: &str,
@@ -213,7 +213,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// Records a warning with a hint.
-    pub fn warn(
+    pub(super) fn warn(
         &mut self,
         span: &Span,
         key: &str,
@@ -225,7 +225,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// Records a warning that `run` logs and starts anyway (a legal but unusual setting).
-    pub fn notice(
+    pub(super) fn notice(
         &mut self,
         span: &Span,
         key: &str,
@@ -237,7 +237,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// Rejects every key of `t` not in `known`, suggesting the closest known key.
-    pub fn known_keys(&mut self, t: &Table<'_, '_>, known: &[&str]) {
+    pub(super) fn known_keys(&mut self, t: &Table<'_, '_>, known: &[&str]) {
         for (key, span, _) in t.entries() {
             if !known.contains(&key) {
                 let hint = did_you_mean(key, known.iter().copied())
@@ -253,7 +253,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// The value of `key`, recording "missing required key" when it is required and absent.
-    pub fn value<'a, 'i>(
+    pub(super) fn value<'a, 'i>(
         &mut self,
         t: &Table<'a, 'i>,
         key: &str,
@@ -280,7 +280,7 @@ impl<'s> Ctx<'s> {
 
     // ---- value-level conversions -------------------------------------------------------
 
-    pub fn as_str(&mut self, v: &Value<'_>, path: &str) -> Option<String> {
+    pub(super) fn as_str(&mut self, v: &Value<'_>, path: &str) -> Option<String> {
         match v.get_ref() {
             DeValue::String(s) => Some(s.to_string()),
             _ => {
@@ -290,7 +290,7 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    pub fn as_int(&mut self, v: &Value<'_>, path: &str, range: RangeInclusive<i64>) -> Option<i64> {
+    pub(super) fn as_int(&mut self, v: &Value<'_>, path: &str, range: RangeInclusive<i64>) -> Option<i64> {
         let n = match v.get_ref() {
             DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
                 Ok(n) => n,
@@ -328,7 +328,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// A number (integer or float), finite and within `range`.
-    pub fn as_num(&mut self, v: &Value<'_>, path: &str, range: RangeInclusive<f64>) -> Option<f64> {
+    pub(super) fn as_num(&mut self, v: &Value<'_>, path: &str, range: RangeInclusive<f64>) -> Option<f64> {
         let x = match v.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
                 .ok()
@@ -354,7 +354,7 @@ impl<'s> Ctx<'s> {
         Some(x)
     }
 
-    pub fn as_bool(&mut self, v: &Value<'_>, path: &str) -> Option<bool> {
+    pub(super) fn as_bool(&mut self, v: &Value<'_>, path: &str) -> Option<bool> {
         match v.get_ref() {
             DeValue::Boolean(b) => Some(*b),
             DeValue::String(s) if s == "true" || s == "false" => {
@@ -373,7 +373,7 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    pub fn as_table<'a, 'i>(&mut self, v: &'a Value<'i>, path: &str) -> Option<Table<'a, 'i>> {
+    pub(super) fn as_table<'a, 'i>(&mut self, v: &'a Value<'i>, path: &str) -> Option<Table<'a, 'i>> {
         match v.get_ref() {
             DeValue::Table(map) => Some(Table {
                 path: path.to_string(),
@@ -387,7 +387,7 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    pub fn as_array<'a, 'i>(&mut self, v: &'a Value<'i>, path: &str) -> Option<&'a DeArray<'i>> {
+    pub(super) fn as_array<'a, 'i>(&mut self, v: &'a Value<'i>, path: &str) -> Option<&'a DeArray<'i>> {
         match v.get_ref() {
             DeValue::Array(a) => Some(a),
             _ => {
@@ -398,7 +398,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// One of the named `choices`, with a did-you-mean hint.
-    pub fn as_choice<E: Copy>(
+    pub(super) fn as_choice<E: Copy>(
         &mut self,
         v: &Value<'_>,
         path: &str,
@@ -422,13 +422,13 @@ impl<'s> Ctx<'s> {
 
     // ---- key-level getters ---------------------------------------------------------------
 
-    pub fn str_(&mut self, t: &Table<'_, '_>, key: &str, need: Need) -> Option<String> {
+    pub(super) fn str_(&mut self, t: &Table<'_, '_>, key: &str, need: Need) -> Option<String> {
         let v = self.value(t, key, need)?;
         self.as_str(v, &t.path_of(key))
     }
 
     /// A string that must not be empty or blank.
-    pub fn text(&mut self, t: &Table<'_, '_>, key: &str, need: Need) -> Option<String> {
+    pub(super) fn text(&mut self, t: &Table<'_, '_>, key: &str, need: Need) -> Option<String> {
         let s = self.str_(t, key, need)?;
         if s.trim().is_empty() {
             self.error(&t.span_of(key), &t.path_of(key), "must not be empty");
@@ -437,7 +437,7 @@ impl<'s> Ctx<'s> {
         Some(s)
     }
 
-    pub fn int(
+    pub(super) fn int(
         &mut self,
         t: &Table<'_, '_>,
         key: &str,
@@ -448,7 +448,7 @@ impl<'s> Ctx<'s> {
         self.as_int(v, &t.path_of(key), range)
     }
 
-    pub fn num(
+    pub(super) fn num(
         &mut self,
         t: &Table<'_, '_>,
         key: &str,
@@ -459,12 +459,12 @@ impl<'s> Ctx<'s> {
         self.as_num(v, &t.path_of(key), range)
     }
 
-    pub fn bool_(&mut self, t: &Table<'_, '_>, key: &str, need: Need) -> Option<bool> {
+    pub(super) fn bool_(&mut self, t: &Table<'_, '_>, key: &str, need: Need) -> Option<bool> {
         let v = self.value(t, key, need)?;
         self.as_bool(v, &t.path_of(key))
     }
 
-    pub fn choice<E: Copy>(
+    pub(super) fn choice<E: Copy>(
         &mut self,
         t: &Table<'_, '_>,
         key: &str,
@@ -475,7 +475,7 @@ impl<'s> Ctx<'s> {
         self.as_choice(v, &t.path_of(key), choices)
     }
 
-    pub fn table<'a, 'i>(
+    pub(super) fn table<'a, 'i>(
         &mut self,
         t: &Table<'a, 'i>,
         key: &str,
@@ -486,7 +486,7 @@ impl<'s> Ctx<'s> {
     }
 
     /// An array of tables (`[[key]]`), each element with the path `key[i]`.
-    pub fn tables<'a, 'i>(&mut self, t: &Table<'a, 'i>, key: &str) -> Vec<Table<'a, 'i>> {
+    pub(super) fn tables<'a, 'i>(&mut self, t: &Table<'a, 'i>, key: &str) -> Vec<Table<'a, 'i>> {
         let Some(v) = t.get(key) else { return vec![] };
         let path = t.path_of(key);
         let DeValue::Array(items) = v.get_ref() else {
