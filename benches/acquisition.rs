@@ -268,7 +268,10 @@ async fn run(args: Args) -> Result<String, String> {
     tokio::time::sleep(Duration::from_secs(args.duration_s)).await;
     let cpu = cpu_seconds(pid, ticks)? - cpu_start;
     let wall = wall_start.elapsed().as_secs_f64();
-    let (rss_kb, hwm_kb) = memory_kb(pid)?;
+    let (rss_kb, hwm_kb) = memory_kb(pid).map_err(|e| {
+        let log = std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        format!("{e}; the daemon is gone, its log:\n{log}")
+    })?;
     let s = status(&args.daemon, &config).ok_or("status --json gave nothing")?;
     drop(daemon);
     for sim in sims {
