@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::Notify;
 
 use super::{Store, StoreError};
@@ -241,8 +241,15 @@ impl SpbReader {
 
     /// The `bdSeq` of the next CONNECT (last + 1, wrapping 255 → 0; 0 the first time), stored
     /// before it is returned.
+    ///
+    /// `BEGIN IMMEDIATE`: a read-then-write transaction begun deferred cannot wait for the
+    /// core's write lock (SQLite returns `SQLITE_BUSY` at once, without the busy handler, when
+    /// a read transaction must become a write one while another connection writes), so every
+    /// CONNECT that fell on one of the core's commits was skipped for 5 s.
     pub fn next_bd_seq(&mut self) -> Result<u8, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let last: Option<String> = tx
             .query_row("SELECT value FROM meta WHERE key = 'spb_bd_seq'", [], |r| {
                 r.get(0)
@@ -404,5 +411,39 @@ mod tests {
         assert_eq!(reader.next_bd_seq().unwrap(), 0);
         assert_eq!(reader.next_bd_seq().unwrap(), 1);
         assert_eq!(reader.delete_through(birth.through).unwrap(), rows.len());
+    }
+
+    /// Another connection holding the write lock (the core, mid-commit) delays the next
+    /// `bdSeq`; it never fails it. Issue 11: begun deferred, the read-then-write transaction
+    /// got `database is locked` at once, and the session skipped a CONNECT for 5 s.
+    #[test]
+    fn next_bd_seq_waits_for_the_writer_instead_of_failing() {
+        use std::sync::mpsc::{channel, RecvTimeoutError};
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), Limits::default()).unwrap();
+        let mut reader = SpbReader::open(dir.path()).unwrap();
+        assert_eq!(reader.next_bd_seq().unwrap(), 0);
+        let writer = Connection::open(store.path()).unwrap();
+        writer
+            .execute_batch(
+                "BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('probe', '1')
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )
+            .unwrap();
+        let (tx, rx) = channel();
+        let asking = std::thread::spawn(move || {
+            tx.send(reader.next_bd_seq().map_err(|e| e.to_string()))
+                .unwrap();
+        });
+        // While the lock is held the call waits in the busy handler (10 s): no answer yet.
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            other => panic!("next_bd_seq answered while another connection wrote: {other:?}"),
+        }
+        writer.execute_batch("COMMIT").unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Ok(1));
+        asking.join().unwrap();
     }
 }
