@@ -404,6 +404,21 @@ async fn ncmd_rebirth_births_again_and_dcmd_writes_are_refused_with_nothing_writ
         daemon.log_text().contains("sparkplug: command refused")
     })
     .await;
+    // Counted in P/status at once, not at its next 60 s refresh.
+    rig.sub
+        .wait(
+            "a P/status counting both refusals",
+            Duration::from_secs(10),
+            |m| {
+                m.iter().any(|r| {
+                    r.topic == format!("{PREFIX}/status")
+                        && r.payload["health"]["uplink"]["sparkplug"]["commands_refused"]
+                            .as_u64()
+                            .is_some_and(|n| n >= 2)
+                })
+            },
+        )
+        .await;
 
     host.send(
         json!({"ncmd": [GROUP, EDGE], "metrics": [["Node Control/Rebirth", "BOOLEAN", true]]}),
