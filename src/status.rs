@@ -220,6 +220,7 @@ pub fn render(config: &Config, snap: &StatusSnapshot, now_ms: i64) -> StatusRepo
         for r in &snap.drops.recent {
             let span = match (r.first_seq, r.last_seq) {
                 (Some(f), Some(l)) => format!("seq {f}..={l}"),
+                _ if r.class == "sparkplug" => "Sparkplug DDATA (no seq)".to_string(),
                 _ => "before a seq was assigned".to_string(),
             };
             t.push_str(&format!(

@@ -16,6 +16,7 @@ use std::time::Duration;
 use common::line::{hold_running, BAGGER, LOADER, PREFIX};
 use common::rig::{Rig, RigOptions};
 use common::{wait_for, DaemonProcess};
+use ms5_edge::sim::Override;
 use serde_json::{json, Value};
 
 const GROUP: &str = "BP01";
@@ -136,35 +137,12 @@ fn bd_seq(msg: &Value) -> i64 {
 }
 
 /// A rig whose config has `[sparkplug]` (plus `extra` keys) and polls every 100 ms.
-/// One of this file's tests at a time. Each runs a daemon, a mosquitto, a Modbus simulator and
-/// a Python Sparkplug host. With three or more at once on the 2-core machine, the host-outage
-/// test missed the CloudEvents state changes of its toggles (3 of 3 runs). It passes alone and
-/// serially, every time. Not yet understood: a free-port race between rigs is the suspect.
-/// Serial costs about a minute.
-static GATE: (std::sync::Mutex<usize>, std::sync::Condvar) =
-    (std::sync::Mutex::new(0), std::sync::Condvar::new());
-
-struct Slot;
-
-fn slot() -> Slot {
-    let (m, c) = &GATE;
-    let mut n = m.lock().unwrap_or_else(|e| e.into_inner());
-    while *n >= 1 {
-        n = c.wait(n).unwrap_or_else(|e| e.into_inner());
-    }
-    *n += 1;
-    Slot
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let (m, c) = &GATE;
-        *m.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
-        c.notify_one();
-    }
-}
-
 async fn rig(extra: &str) -> Rig {
+    rig_with(extra, None).await
+}
+
+/// Like [`rig`], with `bagger` held on the bagger's simulator before the daemon starts.
+async fn rig_with(extra: &str, bagger: Option<Override>) -> Rig {
     let extra = extra.to_string();
     Rig::prepare(RigOptions {
         config_edit: Some(Box::new(move |text, _| {
@@ -173,9 +151,20 @@ async fn rig(extra: &str) -> Rig {
                 text.replace("poll_interval_ms = 500", "poll_interval_ms = 100")
             )
         })),
+        bagger,
         ..RigOptions::default()
     })
     .await
+}
+
+/// The bagger held running (or stopped) with no fault: its state changes only when the test
+/// toggles it, never by the scenario's own stops (a minor stop 5–9 s in, the film break at
+/// 60 s), so every toggle is a state change.
+fn held(running: bool) -> Override {
+    Override {
+        fault_words: Some([0; 4]),
+        ..hold_running(running)
+    }
 }
 
 /// No message the host received was refused by its decoder.
@@ -187,7 +176,6 @@ fn assert_decoded(host: &Host) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn births_carry_names_aliases_and_datatypes_and_data_carries_aliases_only() {
-    let _slot = slot();
     let rig = rig("").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let _daemon = rig.spawn("daemon.log");
@@ -326,7 +314,6 @@ fn assert_seq_continuous(node: &[Value]) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seq_wraps_past_255() {
-    let _slot = slot();
     let rig = rig("").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let _daemon = rig.spawn("daemon.log");
@@ -358,7 +345,6 @@ async fn seq_wraps_past_255() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ndeath_on_kill_9_carries_the_births_bdseq_and_a_restart_takes_the_next() {
-    let _slot = slot();
     let rig = rig("").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let mut daemon = rig.spawn("daemon.log");
@@ -401,7 +387,6 @@ async fn ndeath_on_kill_9_carries_the_births_bdseq_and_a_restart_takes_the_next(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ncmd_rebirth_births_again_and_dcmd_writes_are_refused_with_nothing_written() {
-    let _slot = slot();
     let rig = rig("").await;
     let mut host = Host::start(rig.broker.port, "unused").await;
     let daemon = rig.spawn("daemon.log");
@@ -419,6 +404,21 @@ async fn ncmd_rebirth_births_again_and_dcmd_writes_are_refused_with_nothing_writ
         daemon.log_text().contains("sparkplug: command refused")
     })
     .await;
+    // Counted in P/status at once, not at its next 60 s refresh.
+    rig.sub
+        .wait(
+            "a P/status counting both refusals",
+            Duration::from_secs(10),
+            |m| {
+                m.iter().any(|r| {
+                    r.topic == format!("{PREFIX}/status")
+                        && r.payload["health"]["uplink"]["sparkplug"]["commands_refused"]
+                            .as_u64()
+                            .is_some_and(|n| n >= 2)
+                })
+            },
+        )
+        .await;
 
     host.send(
         json!({"ncmd": [GROUP, EDGE], "metrics": [["Node Control/Rebirth", "BOOLEAN", true]]}),
@@ -444,8 +444,9 @@ async fn ncmd_rebirth_births_again_and_dcmd_writes_are_refused_with_nothing_writ
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_host_outage_ends_the_session_and_its_state_changes_come_back_historical_in_order() {
-    let _slot = slot();
-    let rig = rig("primary_host_id = \"scada\"\n").await;
+    // Held running from the start: the scenario's minor stop must not make the first toggle
+    // (to stopped) a no-op when the toggles start 5–9 s in.
+    let rig = rig_with("primary_host_id = \"scada\"\n", Some(held(true))).await;
     let mut host = Host::start(rig.broker.port, "scada").await;
     let mut daemon = rig.spawn("daemon.log");
     // Host offline: nothing is born.
@@ -487,7 +488,7 @@ async fn a_host_outage_ends_the_session_and_its_state_changes_come_back_historic
         running = !running;
         let to = if running { "running" } else { "stopped" };
         let after = rig.sub.snapshot().len();
-        rig.line.bagger.set_override(hold_running(running));
+        rig.line.bagger.set_override(held(running));
         rig.sub
             // 30 s: the whole suite runs this beside six other daemons on two cores.
             .wait(&format!("state {to}"), Duration::from_secs(30), |m| {
@@ -582,7 +583,6 @@ async fn a_host_outage_ends_the_session_and_its_state_changes_come_back_historic
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_cloudevents_off_only_sparkplug_is_published_and_commands_still_work() {
-    let _slot = slot();
     let rig = rig("cloudevents = false\n").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let _daemon = rig.spawn("daemon.log");
@@ -619,7 +619,6 @@ async fn with_cloudevents_off_only_sparkplug_is_published_and_commands_still_wor
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_sends_ddeath_for_removed_equipment_and_dbirth_for_added_equipment() {
-    let _slot = slot();
     let rig = rig("").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let daemon = rig.spawn("daemon.log");

@@ -126,7 +126,7 @@ impl PlcLinkChanged<'_> {
 /// Messages of one class given up for one reason (the drop ledger, SPEC §5 and §7).
 #[derive(Debug, Clone, Copy)]
 pub struct OutboxDropped {
-    /// `telemetry | oee_snapshot | event`.
+    /// `telemetry | oee_snapshot | event | sparkplug`.
     pub class: &'static str,
     /// `outbox_full | disk_full | too_large`.
     pub reason: &'static str,

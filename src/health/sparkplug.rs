@@ -22,6 +22,10 @@ pub struct SparkplugGauge {
     pub delivered: AtomicU64,
     /// DCMD/NCMD that asked to write something: refused, never applied.
     pub commands_refused: AtomicU64,
+    /// Notified (one stored permit) when a counter `P/status` shows changed outside the
+    /// core's view: the CloudEvents uplink then republishes `P/status` at once instead of at
+    /// its next 60 s refresh.
+    pub changed: tokio::sync::Notify,
 }
 
 impl SparkplugGauge {

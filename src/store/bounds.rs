@@ -66,11 +66,16 @@ impl DropReason {
     }
 }
 
+/// The ledger's class of the Sparkplug queue's rows (SPEC §8; never an `outbox.kind`: those
+/// rows live in `spb_outbox` and have no `seq`, so their ledger rows have no `seq` span).
+pub const SPARKPLUG_KIND: i64 = 3;
+
 /// The name of a drop class in reports.
 pub fn kind_name(kind: i64) -> &'static str {
     match kind {
         0 => "telemetry",
         1 => "oee_snapshot",
+        SPARKPLUG_KIND => "sparkplug",
         _ => "event",
     }
 }

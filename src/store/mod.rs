@@ -648,11 +648,12 @@ impl Store {
         )?
         .execute(params![batch.heartbeat_ms.to_string()])?;
         domain::save_memories(tx, &batch.memories, batch.heartbeat_ms)?;
-        let spb_rows = sparkplug::stage(
+        let (spb_rows, spb_dropped) = sparkplug::stage(
             tx,
             self.sparkplug.as_mut(),
             batch.events,
             batch.heartbeat_ms,
+            &mut self.next_episode,
         )?;
 
         // Bound the outbox (exact check only when the estimate says it may be over).
@@ -746,7 +747,7 @@ impl Store {
             tracing::info!("outbox back under max_outbox_mb; drop episode over");
         }
         self.open_episode = episode;
-        if !dropped.is_empty() || !losses.is_empty() {
+        if !dropped.is_empty() || !losses.is_empty() || spb_dropped > 0 {
             self.drops = bounds::read_report(&self.conn)?;
             self.health_version += 1;
         }

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::Notify;
 
 use super::{Store, StoreError};
@@ -58,9 +58,8 @@ pub struct Spb {
     /// Upper estimate of the queue's bytes (last exact count + bytes inserted since; the
     /// session's deletes only make the truth smaller).
     estimate: u64,
-    /// Rows dropped for the bound since start, and whether an episode is open (logged once).
-    dropped: u64,
-    dropping: bool,
+    /// The drop episode under way (logged once when it starts), its id in the drop ledger.
+    episode: Option<i64>,
     /// Whether CloudEvents outbox rows are written at all (`sparkplug.cloudevents`).
     pub(super) cloudevents: bool,
     /// Woken after each commit that wrote Sparkplug rows.
@@ -81,8 +80,7 @@ impl Store {
             recorder: Recorder::with(current),
             limit: self.limits.max_outbox_bytes,
             estimate,
-            dropped: 0,
-            dropping: false,
+            episode: None,
             cloudevents,
             notify,
         });
@@ -101,17 +99,24 @@ fn queue_bytes(conn: &Connection) -> Result<u64, StoreError> {
 }
 
 /// Keeps the queue under `max_outbox_mb`: past it, the oldest rows go until it is under 90 %
-/// (the oldest data is the least useful to a host that has been away that long). Returns how
-/// many rows were dropped.
-fn bound(tx: &Connection, spb: &mut Spb) -> Result<u64, StoreError> {
+/// (the oldest data is the least useful to a host that has been away that long). Every drop
+/// goes in the drop ledger (class `sparkplug`, reason `outbox_full`, no `seq` span) in the
+/// same transaction, so `status`, `P/status` and `/metrics` count it like the CloudEvents
+/// drops; a new episode takes `next_episode`. Returns how many rows were dropped.
+fn bound(
+    tx: &Connection,
+    spb: &mut Spb,
+    next_episode: &mut i64,
+    now_ms: i64,
+) -> Result<u64, StoreError> {
     if spb.estimate <= spb.limit {
         return Ok(0);
     }
     let exact = queue_bytes(tx)?;
     spb.estimate = exact;
     if exact <= spb.limit {
-        if spb.dropping && exact <= spb.limit / 10 * 9 {
-            spb.dropping = false;
+        if spb.episode.is_some() && exact <= spb.limit / 10 * 9 {
+            spb.episode = None;
             tracing::info!("sparkplug queue back under max_outbox_mb; drop episode over");
         }
         return Ok(0);
@@ -135,9 +140,23 @@ fn bound(tx: &Connection, spb: &mut Spb) -> Result<u64, StoreError> {
         .prepare_cached("DELETE FROM spb_outbox WHERE id <= ?1")?
         .execute(params![last])? as u64;
     spb.estimate = exact - freed;
-    spb.dropped += n;
-    if !spb.dropping {
-        spb.dropping = true;
+    let started = spb.episode.is_none();
+    let episode = *spb.episode.get_or_insert_with(|| {
+        let id = *next_episode;
+        *next_episode += 1;
+        id
+    });
+    super::bounds::record(
+        tx,
+        episode,
+        super::bounds::DropReason::OutboxFull,
+        super::bounds::SPARKPLUG_KIND,
+        n,
+        freed,
+        None,
+        now_ms,
+    )?;
+    if started {
         tracing::warn!(
             limit_bytes = spb.limit,
             dropped = n,
@@ -162,21 +181,22 @@ fn read_current(conn: &Connection) -> Result<BTreeMap<String, Values>, StoreErro
 }
 
 /// Writes the Sparkplug rows of `events` and the new current values in `tx`. Returns how
-/// many rows were written.
+/// many rows were written and how many old ones the bound dropped.
 pub(super) fn stage(
     tx: &Connection,
     spb: Option<&mut Spb>,
     events: &[Event],
     now_ms: i64,
-) -> Result<usize, StoreError> {
+    next_episode: &mut i64,
+) -> Result<(usize, u64), StoreError> {
     let Some(spb) = spb else {
-        return Ok(0);
+        return Ok((0, 0));
     };
     // Whatever a failed commit staged before is recomputed from the committed values.
     spb.recorder.abandon();
     let rows = spb.recorder.stage(events);
     if rows.is_empty() {
-        return Ok(0);
+        return Ok((0, 0));
     }
     let mut insert = tx.prepare_cached(
         "INSERT INTO spb_outbox (equipment, time_ms, metrics, created_ms) VALUES (?1, ?2, ?3, ?4)",
@@ -187,7 +207,7 @@ pub(super) fn stage(
         insert.execute(params![row.equipment, row.time_ms, metrics, now_ms])?;
     }
     drop(insert);
-    bound(tx, spb)?;
+    let dropped = bound(tx, spb, next_episode, now_ms)?;
     let mut current = tx.prepare_cached(
         "INSERT INTO spb_current (equipment, data) VALUES (?1, ?2)
          ON CONFLICT(equipment) DO UPDATE SET data = excluded.data",
@@ -195,7 +215,7 @@ pub(super) fn stage(
     for (code, values) in spb.recorder.staged() {
         current.execute(params![code, serde_json::to_string(values)?])?;
     }
-    Ok(rows.len())
+    Ok((rows.len(), dropped))
 }
 
 /// After the transaction of [`stage`] committed: the staged values become the reference and
@@ -241,8 +261,15 @@ impl SpbReader {
 
     /// The `bdSeq` of the next CONNECT (last + 1, wrapping 255 → 0; 0 the first time), stored
     /// before it is returned.
+    ///
+    /// `BEGIN IMMEDIATE`: a read-then-write transaction begun deferred cannot wait for the
+    /// core's write lock (SQLite returns `SQLITE_BUSY` at once, without the busy handler, when
+    /// a read transaction must become a write one while another connection writes), so every
+    /// CONNECT that fell on one of the core's commits was skipped for 5 s.
     pub fn next_bd_seq(&mut self) -> Result<u8, StoreError> {
-        let tx = self.conn.transaction()?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let last: Option<String> = tx
             .query_row("SELECT value FROM meta WHERE key = 'spb_bd_seq'", [], |r| {
                 r.get(0)
@@ -388,15 +415,21 @@ mod tests {
             rows.windows(2).all(|w| w[0].id + 1 == w[1].id),
             "contiguous, in order"
         );
+        // Every dropped row is in the drop ledger, class `sparkplug`, one episode, no seq
+        // span; `status` (the read-only snapshot) and the core's health see the same count.
+        let snap = crate::store::ReadOnly::open(dir.path())
+            .unwrap()
+            .snapshot()
+            .unwrap();
+        let dropped = (rows[0].id - 1) as u64;
+        assert!(dropped > 0);
+        assert_eq!(snap.drops.totals["outbox_full"]["sparkplug"].count, dropped);
+        assert_eq!(snap.drops.recent.len(), 1, "{:?}", snap.drops.recent);
+        assert_eq!(snap.drops.recent[0].class, "sparkplug");
+        assert_eq!(snap.drops.recent[0].first_seq, None);
+        assert_eq!(store.health(0).drops, snap.drops);
         // No CloudEvents rows with cloudevents = false.
-        assert_eq!(
-            crate::store::ReadOnly::open(dir.path())
-                .unwrap()
-                .snapshot()
-                .unwrap()
-                .outbox_depth,
-            0
-        );
+        assert_eq!(snap.outbox_depth, 0);
         // The BIRTH snapshot: the current value and the last row it includes.
         let birth = reader.birth().unwrap();
         assert_eq!(birth.through, rows.last().unwrap().id);
@@ -404,5 +437,39 @@ mod tests {
         assert_eq!(reader.next_bd_seq().unwrap(), 0);
         assert_eq!(reader.next_bd_seq().unwrap(), 1);
         assert_eq!(reader.delete_through(birth.through).unwrap(), rows.len());
+    }
+
+    /// Another connection holding the write lock (the core, mid-commit) delays the next
+    /// `bdSeq`; it never fails it. Issue 11: begun deferred, the read-then-write transaction
+    /// got `database is locked` at once, and the session skipped a CONNECT for 5 s.
+    #[test]
+    fn next_bd_seq_waits_for_the_writer_instead_of_failing() {
+        use std::sync::mpsc::{channel, RecvTimeoutError};
+        use std::time::Duration;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(dir.path(), Limits::default()).unwrap();
+        let mut reader = SpbReader::open(dir.path()).unwrap();
+        assert_eq!(reader.next_bd_seq().unwrap(), 0);
+        let writer = Connection::open(store.path()).unwrap();
+        writer
+            .execute_batch(
+                "BEGIN IMMEDIATE; INSERT INTO meta (key, value) VALUES ('probe', '1')
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            )
+            .unwrap();
+        let (tx, rx) = channel();
+        let asking = std::thread::spawn(move || {
+            tx.send(reader.next_bd_seq().map_err(|e| e.to_string()))
+                .unwrap();
+        });
+        // While the lock is held the call waits in the busy handler (10 s): no answer yet.
+        match rx.recv_timeout(Duration::from_millis(500)) {
+            Err(RecvTimeoutError::Timeout) => {}
+            other => panic!("next_bd_seq answered while another connection wrote: {other:?}"),
+        }
+        writer.execute_batch("COMMIT").unwrap();
+        assert_eq!(rx.recv_timeout(Duration::from_secs(10)).unwrap(), Ok(1));
+        asking.join().unwrap();
     }
 }

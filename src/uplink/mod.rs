@@ -520,6 +520,8 @@ async fn session(
                     s.status_pending = true;
                 }
             }
+            // A Sparkplug counter shown in `P/status` changed (a refused DCMD/NCMD).
+            _ = s.stats.sparkplug.changed.notified(), if s.connected => s.status_pending = true,
             _ = tokio::time::sleep_until(resume_at.unwrap_or_else(|| Instant::now() + far)), if resume_at.is_some() => {
                 s.resume_after_refusal();
             }

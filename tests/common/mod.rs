@@ -270,8 +270,20 @@ impl Subscriber {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                let got = self.messages.lock().unwrap().len();
-                panic!("timed out after {timeout:?} waiting for {what} ({got} messages received)");
+                // Copied out first: panicking with the lock held would poison it for the
+                // subscriber's task.
+                let m = self.snapshot();
+                let last: Vec<String> = m
+                    .iter()
+                    .rev()
+                    .take(6)
+                    .map(|r| format!("{} {}", r.topic, r.payload))
+                    .collect();
+                panic!(
+                    "timed out after {timeout:?} waiting for {what} ({} messages received; \
+                     the last, newest first: {last:#?})",
+                    m.len()
+                );
             }
         }
     }

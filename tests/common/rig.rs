@@ -182,10 +182,16 @@ impl Rig {
 
     /// Broker, subscriber, line and config, no daemon yet ([`Rig::spawn`] starts a process).
     pub async fn prepare(opts: RigOptions) -> Rig {
-        let dir = match opts.dir {
+        let mut dir = match opts.dir {
             Some(dir) => dir,
             None => tempfile::tempdir().unwrap(),
         };
+        // Opt-in for post-mortems: MS5_KEEP_RIG=1 keeps the temp dir (daemon and broker logs,
+        // database) after the test.
+        if std::env::var_os("MS5_KEEP_RIG").is_some() {
+            dir.disable_cleanup(true);
+            eprintln!("rig: keeping {}", dir.path().display());
+        }
         let broker = Broker::start_with(&dir.path().join("broker"), &opts.broker_extra).await;
         let filter = opts.subscribe.unwrap_or_else(|| format!("{PREFIX}/#"));
         let sub = Subscriber::start(broker.port, &filter).await;

@@ -99,6 +99,7 @@ impl Session<'_> {
             .sparkplug
             .commands_refused
             .fetch_add(1, Ordering::Relaxed);
+        self.stats.sparkplug.changed.notify_one();
         save_state(self.reader, self.stats);
         if self
             .last_refusal_log
