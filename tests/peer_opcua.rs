@@ -219,7 +219,71 @@ async fn a_declared_type_the_server_contradicts_is_bad_reported_once_and_the_res
     assert_eq!(writes(&peer), 0);
 }
 
-fn opcua_config(text: String, port: u16, pki: &Path) -> String {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scalar_on_an_array_node_or_an_array_on_a_scalar_node_is_bad_like_a_type_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = server(dir.path(), None, &[]);
+    let mut eq = equipment(DataType::F32);
+    // Line.Faults is an Int32 array, Line.Mode an Int32 scalar: right DataType, wrong shape.
+    eq.signals.extra.push((
+        "faults_scalar".into(),
+        node("ns=2;s=Line.Faults", DataType::I32, 1),
+    ));
+    eq.signals.extra.push((
+        "mode_array".into(),
+        node("ns=2;s=Line.Mode", DataType::I32, 3),
+    ));
+    eq.signals
+        .extra
+        .push(("mode".into(), node("ns=2;s=Line.Mode", DataType::I32, 1)));
+    let mut poller = OpcUaPoller::new(&plc(peer.port, &dir.path().join("pki")), &[eq]);
+    for _ in 0..2 {
+        let samples = poller.poll().await.expect("the other signals still read");
+        let s = &samples[0].signals;
+        assert_eq!(s["faults_scalar"], NONE_BAD);
+        assert_eq!(s["mode_array"], NONE_BAD);
+        assert_eq!(s["mode"], good(Value::Int(3)));
+        assert_eq!(s["faults"].quality, Quality::Good);
+        assert_eq!(s["good_count"], good(Value::UInt(123_456)));
+    }
+    assert_eq!(
+        poller.stats().type_mismatches,
+        2,
+        "checked once per session"
+    );
+    assert_eq!(writes(&peer), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plc_of_more_than_a_thousand_nodes_reads_in_one_session() {
+    // The connect check reads two attributes per node and the poll one: 3 000 and 1 500
+    // results in one message each, past the library's default array limit of 1 000.
+    let dir = tempfile::tempdir().unwrap();
+    let peer = server(dir.path(), None, &[]);
+    let mut eq = equipment(DataType::F32);
+    for k in 0..1500 {
+        eq.signals.extra.push((
+            format!("n{k:04}"),
+            node("ns=2;s=Line.Temp", DataType::I16, 1),
+        ));
+    }
+    let mut poller = OpcUaPoller::new(&plc(peer.port, &dir.path().join("pki")), &[eq]);
+    for _ in 0..2 {
+        let samples = poller.poll().await.expect("1 500 nodes read");
+        let s = &samples[0].signals;
+        let temps: Vec<_> = s.iter().filter(|(k, _)| k.starts_with('n')).collect();
+        assert_eq!(temps.len(), 1500);
+        for (k, r) in temps {
+            assert_eq!(*r, good(Value::Int(-40)), "{k}");
+        }
+    }
+    assert_eq!(poller.stats().connects, 1, "one session throughout");
+    assert_eq!(writes(&peer), 0);
+}
+
+/// The rig's config plus the opc-ua PLC "pal" (with `security`'s extra keys) and the
+/// palletizer's signals.
+fn opcua_config(text: String, port: u16, pki: &Path, security: &str) -> String {
     format!(
         r#"{text}
 [[plc]]
@@ -227,7 +291,7 @@ name = "pal"
 protocol = "opc-ua"
 endpoint = "opc.tcp://127.0.0.1:{port}/"
 pki_dir = "{pki}"
-poll_interval_ms = 200
+{security}poll_interval_ms = 200
 timeout_ms = 1000
 
 [[equipment]]
@@ -248,6 +312,17 @@ energy = {{ node = "ns=2;s=Line.Energy", type = "f64" }}
     )
 }
 
+/// The in-process daemon's counters of the PLC "pal" (what `status` and `P/status` report).
+fn pal(rig: &Rig) -> ms5_edge::acquire::PlcCounters {
+    rig.observers()
+        .view
+        .borrow()
+        .plcs
+        .get("pal")
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn telemetry(m: &[common::Received]) -> Vec<&serde_json::Value> {
     m.iter()
         .filter(|r| r.topic == format!("{PREFIX}/{PALLETIZER}/telemetry"))
@@ -264,7 +339,7 @@ async fn values_and_quality_reach_mqtt_and_a_server_restart_is_survived() {
     let ctl_dir = dir.path().to_path_buf();
     let rig = Rig::start(RigOptions {
         dir: Some(dir),
-        config_edit: Some(Box::new(move |text, _| opcua_config(text, port, &pki))),
+        config_edit: Some(Box::new(move |text, _| opcua_config(text, port, &pki, ""))),
         ..RigOptions::default()
     })
     .await;
@@ -318,15 +393,7 @@ async fn values_and_quality_reach_mqtt_and_a_server_restart_is_survived() {
     assert_eq!(writes(&peer), 0, "the daemon wrote:\n{}", peer.output());
 
     // The server restarts (same port, same nodes): the daemon reconnects by itself.
-    let polls = |rig: &Rig| {
-        rig.observers()
-            .view
-            .borrow()
-            .plcs
-            .get("pal")
-            .cloned()
-            .unwrap_or_default()
-    };
+    let polls = pal;
     drop(peer);
     std::fs::remove_file(control_file(&ctl_dir)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -480,4 +547,130 @@ async fn first_use_trusts_the_first_server_certificate_and_refuses_another() {
         .expect_err("a different certificate is refused");
     assert_eq!(files_in(&pki.join("trusted")).len(), 1);
     assert_eq!(files_in(&pki.join("rejected")).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_server_certificate_is_reported_in_status_and_trusting_it_needs_no_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server_pki = dir.path().join("server-pki");
+    let peer = server(
+        dir.path(),
+        None,
+        &[
+            "--secure",
+            server_pki.to_str().unwrap(),
+            "--user",
+            "ms5:s3cret",
+        ],
+    );
+    let port = peer.port;
+    let password = dir.path().join("opcua.password");
+    std::fs::write(&password, "s3cret\n").unwrap();
+    let pki = dir.path().join("pki");
+    let security = format!(
+        "security_policy = \"Basic256Sha256\"\nsecurity_mode = \"SignAndEncrypt\"\n\
+         username = \"ms5\"\npassword_file = \"{}\"\n",
+        password.display()
+    );
+    let edit_pki = pki.clone();
+    let rig = Rig::start(RigOptions {
+        dir: Some(dir),
+        config_edit: Some(Box::new(move |text, _| {
+            opcua_config(text, port, &edit_pki, &security)
+        })),
+        ..RigOptions::default()
+    })
+    .await;
+
+    // Pinned (the default) and trusted/ empty: refused; the PLC goes offline with a last
+    // error that names the saved certificate and the move that trusts it.
+    let trusted = pki.join("trusted");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (saved, error) = loop {
+        let c = pal(&rig);
+        let rejected = files_in(&pki.join("rejected"));
+        if let (true, [cert], Some(e)) = (c.offline, rejected.as_slice(), &c.last_error) {
+            if e.contains(&cert.display().to_string()) {
+                break (cert.clone(), e.clone());
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no offline PLC naming the rejected certificate within 30 s: {c:?}, rejected/ {rejected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(error.contains("not trusted"), "{error}");
+    assert!(
+        error.contains(&format!("move it to {}/", trusted.display())),
+        "{error}"
+    );
+    let saved_text = saved.display().to_string();
+    rig.sub
+        .wait(
+            "a P/status naming the rejected certificate",
+            Duration::from_secs(30),
+            |m| {
+                m.iter()
+                    .filter(|r| r.topic == format!("{PREFIX}/status"))
+                    .any(|r| {
+                        r.payload["health"]["plcs"]["pal"]["counters"]["last_error"]
+                            .as_str()
+                            .is_some_and(|e| e.contains(&saved_text))
+                    })
+            },
+        )
+        .await;
+    // `ms5-edge status` reads the same from the store (written at least once a second).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ms5-edge"))
+            .args(["status", "--json", "-c"])
+            .arg(&rig.config_path)
+            .output()
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let p = &status["plcs"]["pal"];
+        if p["offline"] == true
+            && p["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains(&saved_text))
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "`status --json` does not name the rejected certificate: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The retries did not pile up copies of it.
+    assert_eq!(files_in(&pki.join("rejected")), vec![saved.clone()]);
+
+    // The engineer moves it to trusted/: the daemon connects at its next retry, no restart.
+    std::fs::rename(&saved, trusted.join(saved.file_name().unwrap())).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let c = pal(&rig);
+        if c.consecutive_failures == 0 && c.last_error.is_none() && !c.offline {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not connected within 30 s of trusting the certificate: {c:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    rig.sub
+        .wait(
+            "good telemetry once trusted",
+            Duration::from_secs(10),
+            |m| {
+                telemetry(m).iter().any(|d| {
+                    d["quality"]["good_count"] == "good" && d["values"]["good_count"] == 123_456
+                })
+            },
+        )
+        .await;
+    assert_eq!(writes(&peer), 0, "the daemon wrote:\n{}", peer.output());
 }

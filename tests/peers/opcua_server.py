@@ -9,6 +9,7 @@ Namespace "urn:ms5-edge:test" (index 2) holds, with these values:
   ns=2;s=Line.Speed    Float    87.5
   ns=2;s=Line.Energy   Double   1234.5678
   ns=2;s=Line.Faults   Int32[]  [5, -2147483648, 0]
+  ns=2;s=Line.Mode     Int32    3  (a scalar Int32 next to the array: the ValueRank check)
 
 Control: every 50 ms the server reads FILE (JSON, may be missing): {"bad": ["Line.Speed"],
 "uncertain": ["Line.Temp"]} gives those nodes that status code from then on (their values
@@ -143,6 +144,7 @@ async def main():
     await var("Line.Speed", ua.NodeId("Line.Speed", idx), 87.5, ua.VariantType.Float)
     await var("Line.Energy", ua.NodeId("Line.Energy", idx), 1234.5678, ua.VariantType.Double)
     await var("Line.Faults", ua.NodeId("Line.Faults", idx), [5, -2147483648, 0], ua.VariantType.Int32)
+    await var("Line.Mode", ua.NodeId("Line.Mode", idx), 3, ua.VariantType.Int32)
     values = {k: (await n.read_data_value()).Value for k, n in nodes.items()}
 
     writes = 0
