@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ms5_edge::acquire::opcua::OpcUaPoller;
+use ms5_edge::acquire::opcua::{OpcUaPoller, DROP_AFTER_TIMEOUTS};
 use ms5_edge::acquire::{Poller, Quality, SignalReading, Value};
 use ms5_edge::config::{
     DataType, Equipment, OpcUa, Plc, Protocol, SecurityMode, SecurityPolicy, Signal, SignalSource,
@@ -251,6 +251,49 @@ async fn a_scalar_on_an_array_node_or_an_array_on_a_scalar_node_is_bad_like_a_ty
         2,
         "checked once per session"
     );
+    assert_eq!(writes(&peer), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_keeps_the_session_and_reads_that_keep_timing_out_drop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = server(dir.path(), None, &[]);
+    let mut p = plc(peer.port, &dir.path().join("pki"));
+    p.timeout_ms = 400;
+    let mut poller = OpcUaPoller::new(&p, &[equipment(DataType::F32)]);
+    poller.poll().await.expect("the server answers");
+
+    // One slow answer: a timed-out poll, on the same session.
+    control(dir.path(), &peer, r#"{"stall_ms": 700}"#);
+    let e = poller.poll().await.expect_err("too slow");
+    assert!(e.is_timeout(), "{e}");
+    assert!(poller.connected(), "a slow answer dropped the session");
+    control(dir.path(), &peer, "{}");
+    wait_output(&peer, "STALLED 700", Duration::from_secs(10)); // the late answer went out
+    let samples = poller.poll().await.expect("answers again");
+    assert_eq!(samples[0].signals["good_count"], good(Value::UInt(123_456)));
+    assert_eq!(samples[0].signals["speed"], good(Value::Float(87.5)));
+    assert_eq!(
+        poller.stats().connects,
+        1,
+        "no reconnect for one slow answer"
+    );
+
+    // Reads that keep timing out: the session is dropped at the DROP_AFTER_TIMEOUTS-th.
+    control(dir.path(), &peer, r#"{"stall_ms": 700}"#);
+    for n in 1..=DROP_AFTER_TIMEOUTS {
+        let e = poller.poll().await.expect_err("too slow");
+        assert!(e.is_timeout(), "{e}");
+        assert_eq!(
+            poller.connected(),
+            n < DROP_AFTER_TIMEOUTS,
+            "after {n} timeouts"
+        );
+    }
+    control(dir.path(), &peer, "{}");
+    let samples = poller.poll().await.expect("a new session answers");
+    assert_eq!(samples[0].signals["good_count"], good(Value::UInt(123_456)));
+    assert_eq!(poller.stats().connects, 2);
     assert_eq!(writes(&peer), 0);
 }
 

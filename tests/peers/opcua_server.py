@@ -13,7 +13,8 @@ Namespace "urn:ms5-edge:test" (index 2) holds, with these values:
 
 Control: every 50 ms the server reads FILE (JSON, may be missing): {"bad": ["Line.Speed"],
 "uncertain": ["Line.Temp"]} gives those nodes that status code from then on (their values
-otherwise unchanged); it prints "STATUS <the file's text>" when it applied a new control.
+otherwise unchanged); {"stall_ms": 600} holds every client Read back that long before it is
+answered (a slow server, "STALLED <ms>" once answered); it prints "STATUS <the file's text>" when it applied a new control.
 
 Every Write service request is printed as "WRITE <node>" (and counted in "WRITES <n>"), so a
 test can assert the client never wrote. With --secure, the only endpoint is Basic256Sha256
@@ -161,6 +162,16 @@ async def main():
 
     server.iserver.subscribe_server_callback(CallbackType.PreWrite, count_write)
 
+    stall = {"ms": 0}
+
+    async def slow_read(event, dispatcher):
+        if event.is_external and stall["ms"]:
+            ms = stall["ms"]
+            await asyncio.sleep(ms / 1000)
+            print("STALLED %d" % ms, flush=True)
+
+    server.iserver.subscribe_server_callback(CallbackType.PreRead, slow_read)
+
     applied = None
     async with server:
         print("READY %d" % opts["port"], flush=True)
@@ -184,6 +195,7 @@ async def main():
                 else:
                     status = ua.StatusCode(ua.StatusCodes.Good)
                 await server.write_attribute_value(node.nodeid, ua.DataValue(values[key], StatusCode=status))
+            stall["ms"] = int(control.get("stall_ms", 0))
             applied = control
             print("STATUS %s" % raw, flush=True)
 

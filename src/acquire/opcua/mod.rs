@@ -20,7 +20,10 @@
 //!   `Good` values are decoded into the declared type (a Variant of another type is `bad`).
 //! - Fault classes: no answer in `timeout_ms` → "timed out"; TCP refused → "refused"; an
 //!   undecodable answer → "malformed"; everything else (security rejected, session lost,
-//!   certificate untrusted) → other. Every one of them drops the session.
+//!   certificate untrusted) → other. Every one of them drops the session, except a value Read
+//!   that timed out on a live session: that session is kept (the next tick reads on it) until
+//!   [`DROP_AFTER_TIMEOUTS`] Reads in a row timed out. A connect whose node check fails keeps
+//!   nothing.
 //! - The own certificate and key live under `pki_dir/own/` (created on first connect, kept);
 //!   server certificates are trusted from `pki_dir/trusted/` (DER); an unknown one is saved
 //!   in `pki_dir/rejected/`. `trust_server = "first-use"` trusts (and stores) a certificate
@@ -41,6 +44,10 @@ mod check;
 mod session;
 
 use check::Verdict;
+
+/// Consecutive value Read timeouts after which a live session is dropped (and reopened after
+/// the backoff): a server that answers late keeps its session, a black hole does not.
+pub const DROP_AFTER_TIMEOUTS: u32 = 3;
 use session::{open, read_all, read_id, Conn};
 
 /// One configured signal and what is known about its node.
@@ -66,6 +73,8 @@ pub struct OpcUaPoller {
     stats: PollerStats,
     /// Slots whose refusal was logged already (once per episode of the same message).
     reported: HashSet<(usize, String)>,
+    /// Value Reads that timed out in a row on the live session.
+    read_timeouts: u32,
 }
 
 impl OpcUaPoller {
@@ -106,6 +115,7 @@ impl OpcUaPoller {
             conn: None,
             stats: PollerStats::default(),
             reported: HashSet::new(),
+            read_timeouts: 0,
         }
     }
 
@@ -118,7 +128,8 @@ impl OpcUaPoller {
         let conn = open(&self.plc, &ua, self.timeout).await?;
         let max_nodes = conn.max_nodes;
         let session = conn.session.clone();
-        self.conn = Some(conn);
+        // The session is kept only once checked: a failed check drops it (and closes it).
+        let pending = conn;
         self.stats.connects += 1;
         tracing::info!(plc = %self.plc, endpoint = %ua.endpoint, policy = %ua.security_policy, mode = %ua.security_mode, "OPC UA session open");
         // DataType and ValueRank check: one Read (two attributes) for every node.
@@ -157,12 +168,13 @@ impl OpcUaPoller {
                 }
             }
         }
+        self.conn = Some(pending);
         Ok(())
     }
 
     async fn poll_inner(&mut self) -> Result<Vec<EquipmentSample>, PollError> {
         if let Some(c) = &self.conn {
-            if c.event_loop.as_ref().is_none_or(|h| h.is_finished()) {
+            if !c.alive() {
                 self.conn = None;
                 return Err(PollError::Transport("OPC UA session lost".into()));
             }
@@ -209,8 +221,21 @@ impl OpcUaPoller {
 impl Poller for OpcUaPoller {
     async fn poll(&mut self) -> Result<Vec<EquipmentSample>, PollError> {
         let r = self.poll_inner().await;
-        if matches!(r, Err(PollError::Transport(_))) {
-            self.conn = None;
+        match &r {
+            Ok(_) => self.read_timeouts = 0,
+            Err(e @ PollError::Transport(_)) => {
+                // A slow answer on a live session is a failed poll, not a lost session: the
+                // late answer is discarded by the library and the next tick reads again on
+                // the same session (no reconnect, no new check of every node). A session
+                // whose reads keep timing out is dropped like a lost one.
+                let live = self.conn.as_ref().is_some_and(Conn::alive);
+                self.read_timeouts += 1;
+                if !(e.is_timeout() && live && self.read_timeouts < DROP_AFTER_TIMEOUTS) {
+                    self.conn = None;
+                    self.read_timeouts = 0;
+                }
+            }
+            Err(_) => {}
         }
         r
     }

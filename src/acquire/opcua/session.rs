@@ -35,6 +35,13 @@ pub(super) struct Conn {
     pub(super) max_nodes: usize,
 }
 
+impl Conn {
+    /// Whether the session's event loop still runs (the secure channel is up).
+    pub(super) fn alive(&self) -> bool {
+        self.event_loop.as_ref().is_some_and(|h| !h.is_finished())
+    }
+}
+
 impl Drop for Conn {
     /// Closes the session politely (so the server frees it now, not at its timeout), then
     /// stops the event loop; at most 1 s, in the background.
