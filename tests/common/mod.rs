@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod line;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod pki;
 pub mod proxy;
 pub mod python;

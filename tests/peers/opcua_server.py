@@ -1,6 +1,7 @@
 """An OPC UA server for the OPC UA peer tests: python asyncua with known nodes.
 
-Usage: python opcua_server.py PORT --control FILE [--secure PKI_DIR --user NAME:PASSWORD]
+Usage: python opcua_server.py PORT --control FILE [--secure PKI_DIR --user NAME:PASSWORD
+                                                  [--policies P1,P2,…]]
 
 Namespace "urn:ms5-edge:test" (index 2) holds, with these values:
   ns=2;s=Line.Running  Boolean  True
@@ -18,7 +19,8 @@ answered (a slow server, "STALLED <ms>" once answered); it prints "STATUS <the f
 
 Every Write service request is printed as "WRITE <node>" (and counted in "WRITES <n>"), so a
 test can assert the client never wrote. With --secure, the only endpoint is Basic256Sha256
-SignAndEncrypt with a user name and password; the server's certificate is created in PKI_DIR
+SignAndEncrypt with a user name and password (--policies: these asyncua SecurityPolicyType
+names instead, e.g. Aes128Sha256RsaOaep_SignAndEncrypt,Aes256Sha256RsaPss_Sign); the server's certificate is created in PKI_DIR
 (server_cert.der / server_key.pem) and the client's certificate is accepted as is.
 """
 
@@ -36,7 +38,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 
 def parse():
     argv = sys.argv[1:]
-    opts = {"port": int(argv[0]), "control": None, "secure": None, "user": None}
+    opts = {"port": int(argv[0]), "control": None, "secure": None, "user": None, "policies": None}
     i = 1
     while i < len(argv):
         opts[argv[i].lstrip("-")] = argv[i + 1]
@@ -125,7 +127,8 @@ async def main():
         cert, key = await make_cert(opts["secure"])
         await server.load_certificate(cert)
         await server.load_private_key(key)
-        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        names = (opts["policies"] or "Basic256Sha256_SignAndEncrypt").split(",")
+        server.set_security_policy([getattr(ua.SecurityPolicyType, n) for n in names])
         server.set_security_IDs(["Username"])
     else:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])

@@ -204,7 +204,10 @@ pub(super) async fn open(plc: &str, ua: &OpcUa, timeout: Duration) -> Result<Con
     .map_err(|_| timed_out("endpoint discovery"))?
     .map_err(|e| {
         let detail = e.to_string();
+        // The library's words for "no endpoint with this policy and mode" (0.19: "Cannot find
+        // matching endpoint", BadTcpEndpointUrlInvalid).
         if detail.contains("No matching endpoint")
+            || detail.contains("Cannot find matching endpoint")
             || e.status() == StatusCode::BadSecurityPolicyRejected
         {
             PollError::Transport(format!(
