@@ -1,7 +1,8 @@
 //! The OPC UA driver against python asyncua (`tests/peers/opcua_server.py`), an independent
 //! OPC UA server: Boolean/Int16/UInt32/Float/Double/Int32-array nodes with string and numeric
-//! node ids, a Bad or Uncertain status code on demand, and a count of every Write request
-//! (there must be none). Driver level first, then end to end through the daemon to mosquitto.
+//! node ids, a Bad or Uncertain status code, or slow answers on demand, and a count of every
+//! Write request (there must be none). Driver level first, then end to end through the daemon
+//! to mosquitto. Security policies and certificate trust: tests/peer_opcua_security.rs.
 //!
 //! Needs the peers venv (`scripts/test` installs asyncua into it).
 
@@ -10,140 +11,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ms5_edge::acquire::opcua::OpcUaPoller;
+use ms5_edge::acquire::opcua::{OpcUaPoller, DROP_AFTER_TIMEOUTS};
 use ms5_edge::acquire::{Poller, Quality, SignalReading, Value};
-use ms5_edge::config::{
-    DataType, Equipment, OpcUa, Plc, Protocol, SecurityMode, SecurityPolicy, Signal, SignalSource,
-    Signals, TrustServer,
-};
-use ms5_edge::sim::{config as simcfg, Machine};
+use ms5_edge::config::DataType;
 
 use common::line::PREFIX;
-use common::python::Peer;
+use common::opcua::*;
 use common::rig::{Rig, RigOptions};
-
-const PALLETIZER: &str = "BP01-L1-PAL";
-
-/// The server, with its control file (statuses on demand) in `dir`.
-fn server(dir: &Path, port: Option<u16>, extra: &[&str]) -> Peer {
-    let mut args = vec![
-        "--control".to_string(),
-        control_file(dir).display().to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let peer = match port {
-        Some(p) => Peer::start_on(p, "opcua_server.py", &args),
-        None => Peer::start("opcua_server.py", &args),
-    };
-    wait_output(&peer, "READY", Duration::from_secs(30));
-    peer
-}
-
-fn control_file(dir: &Path) -> PathBuf {
-    dir.join("opcua-control.json")
-}
-
-/// Sets the statuses on demand and waits until the server applied them (one more
-/// "STATUS <text>" line than before).
-fn control(dir: &Path, peer: &Peer, json: &str) {
-    let line = format!("STATUS {}", json.trim());
-    let count = || peer.output().lines().filter(|l| *l == line).count();
-    let before = count();
-    std::fs::write(control_file(dir), json).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while count() == before {
-        assert!(
-            Instant::now() < deadline,
-            "the OPC UA server did not apply {json} within 10 s:\n{}",
-            peer.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_output(peer: &Peer, what: &str, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    while !peer.output().contains(what) {
-        assert!(
-            Instant::now() < deadline,
-            "the OPC UA server did not print {what:?} within {limit:?}:\n{}",
-            peer.output()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn writes(peer: &Peer) -> usize {
-    peer.output()
-        .lines()
-        .filter(|l| l.starts_with("WRITE "))
-        .count()
-}
-
-fn node(node: &str, data_type: DataType, count: u16) -> Signal {
-    Signal {
-        source: SignalSource::Node { node: node.into() },
-        data_type,
-        count,
-        scale: 1.0,
-        offset: 0.0,
-    }
-}
-
-fn plc(port: u16, pki: &Path) -> Plc {
-    Plc {
-        name: "pal".into(),
-        host: "127.0.0.1".into(),
-        port,
-        poll_interval_ms: 200,
-        timeout_ms: 2000,
-        offline_after_polls: 3,
-        protocol: Protocol::OpcUa(OpcUa {
-            endpoint: format!("opc.tcp://127.0.0.1:{port}/"),
-            security_policy: SecurityPolicy::None,
-            security_mode: SecurityMode::None,
-            username: None,
-            password_file: None,
-            pki_dir: pki.to_path_buf(),
-            trust_server: TrustServer::Pinned,
-        }),
-    }
-}
-
-fn equipment(speed_type: DataType) -> Equipment {
-    Equipment {
-        signals: Signals {
-            running: node("ns=2;s=Line.Running", DataType::Bool, 1),
-            speed: Some(node("ns=2;s=Line.Speed", speed_type, 1)),
-            good_count: node("ns=2;i=1001", DataType::U32, 1),
-            reject_count: None,
-            faults: Some(node("ns=2;s=Line.Faults", DataType::I32, 3)),
-            extra: vec![
-                ("temp_c".into(), node("ns=2;s=Line.Temp", DataType::I16, 1)),
-                (
-                    "energy".into(),
-                    node("ns=2;s=Line.Energy", DataType::F64, 1),
-                ),
-            ],
-        },
-        ..simcfg::equipment(Machine::Loader, "pal")
-    }
-}
-
-fn good(value: Value) -> SignalReading {
-    SignalReading {
-        value: Some(value),
-        quality: Quality::Good,
-    }
-}
-
-const NONE_BAD: SignalReading = SignalReading {
-    value: None,
-    quality: Quality::Bad,
-};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_reads_right_and_status_codes_become_quality_with_zero_writes() {
@@ -219,40 +95,109 @@ async fn a_declared_type_the_server_contradicts_is_bad_reported_once_and_the_res
     assert_eq!(writes(&peer), 0);
 }
 
-fn opcua_config(text: String, port: u16, pki: &Path) -> String {
-    format!(
-        r#"{text}
-[[plc]]
-name = "pal"
-protocol = "opc-ua"
-endpoint = "opc.tcp://127.0.0.1:{port}/"
-pki_dir = "{pki}"
-poll_interval_ms = 200
-timeout_ms = 1000
-
-[[equipment]]
-code = "{PALLETIZER}"
-plc = "pal"
-line_id = "BP01-L1"
-ideal_rate_per_min = 60
-[equipment.signals]
-running = {{ node = "ns=2;s=Line.Running" }}
-good_count = {{ node = "ns=2;i=1001", type = "u32" }}
-speed = {{ node = "ns=2;s=Line.Speed", type = "f32" }}
-faults = {{ node = "ns=2;s=Line.Faults", type = "i32", count = 3 }}
-[equipment.signals.extra]
-temp_c = {{ node = "ns=2;s=Line.Temp", type = "i16" }}
-energy = {{ node = "ns=2;s=Line.Energy", type = "f64" }}
-"#,
-        pki = pki.display()
-    )
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scalar_on_an_array_node_or_an_array_on_a_scalar_node_is_bad_like_a_type_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = server(dir.path(), None, &[]);
+    let mut eq = equipment(DataType::F32);
+    // Line.Faults is an Int32 array, Line.Mode an Int32 scalar: right DataType, wrong shape.
+    eq.signals.extra.push((
+        "faults_scalar".into(),
+        node("ns=2;s=Line.Faults", DataType::I32, 1),
+    ));
+    eq.signals.extra.push((
+        "mode_array".into(),
+        node("ns=2;s=Line.Mode", DataType::I32, 3),
+    ));
+    eq.signals
+        .extra
+        .push(("mode".into(), node("ns=2;s=Line.Mode", DataType::I32, 1)));
+    let mut poller = OpcUaPoller::new(&plc(peer.port, &dir.path().join("pki")), &[eq]);
+    for _ in 0..2 {
+        let samples = poller.poll().await.expect("the other signals still read");
+        let s = &samples[0].signals;
+        assert_eq!(s["faults_scalar"], NONE_BAD);
+        assert_eq!(s["mode_array"], NONE_BAD);
+        assert_eq!(s["mode"], good(Value::Int(3)));
+        assert_eq!(s["faults"].quality, Quality::Good);
+        assert_eq!(s["good_count"], good(Value::UInt(123_456)));
+    }
+    assert_eq!(
+        poller.stats().type_mismatches,
+        2,
+        "checked once per session"
+    );
+    assert_eq!(writes(&peer), 0);
 }
 
-fn telemetry(m: &[common::Received]) -> Vec<&serde_json::Value> {
-    m.iter()
-        .filter(|r| r.topic == format!("{PREFIX}/{PALLETIZER}/telemetry"))
-        .map(|r| &r.payload["data"])
-        .collect()
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_answer_keeps_the_session_and_reads_that_keep_timing_out_drop_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let peer = server(dir.path(), None, &[]);
+    let mut p = plc(peer.port, &dir.path().join("pki"));
+    p.timeout_ms = 400;
+    let mut poller = OpcUaPoller::new(&p, &[equipment(DataType::F32)]);
+    poller.poll().await.expect("the server answers");
+
+    // One slow answer: a timed-out poll, on the same session.
+    control(dir.path(), &peer, r#"{"stall_ms": 700}"#);
+    let e = poller.poll().await.expect_err("too slow");
+    assert!(e.is_timeout(), "{e}");
+    assert!(poller.connected(), "a slow answer dropped the session");
+    control(dir.path(), &peer, "{}");
+    wait_output(&peer, "STALLED 700", Duration::from_secs(10)); // the late answer went out
+    let samples = poller.poll().await.expect("answers again");
+    assert_eq!(samples[0].signals["good_count"], good(Value::UInt(123_456)));
+    assert_eq!(samples[0].signals["speed"], good(Value::Float(87.5)));
+    assert_eq!(
+        poller.stats().connects,
+        1,
+        "no reconnect for one slow answer"
+    );
+
+    // Reads that keep timing out: the session is dropped at the DROP_AFTER_TIMEOUTS-th.
+    control(dir.path(), &peer, r#"{"stall_ms": 700}"#);
+    for n in 1..=DROP_AFTER_TIMEOUTS {
+        let e = poller.poll().await.expect_err("too slow");
+        assert!(e.is_timeout(), "{e}");
+        assert_eq!(
+            poller.connected(),
+            n < DROP_AFTER_TIMEOUTS,
+            "after {n} timeouts"
+        );
+    }
+    control(dir.path(), &peer, "{}");
+    let samples = poller.poll().await.expect("a new session answers");
+    assert_eq!(samples[0].signals["good_count"], good(Value::UInt(123_456)));
+    assert_eq!(poller.stats().connects, 2);
+    assert_eq!(writes(&peer), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plc_of_more_than_a_thousand_nodes_reads_in_one_session() {
+    // The connect check reads two attributes per node and the poll one: 3 000 and 1 500
+    // results in one message each, past the library's default array limit of 1 000.
+    let dir = tempfile::tempdir().unwrap();
+    let peer = server(dir.path(), None, &[]);
+    let mut eq = equipment(DataType::F32);
+    for k in 0..1500 {
+        eq.signals.extra.push((
+            format!("n{k:04}"),
+            node("ns=2;s=Line.Temp", DataType::I16, 1),
+        ));
+    }
+    let mut poller = OpcUaPoller::new(&plc(peer.port, &dir.path().join("pki")), &[eq]);
+    for _ in 0..2 {
+        let samples = poller.poll().await.expect("1 500 nodes read");
+        let s = &samples[0].signals;
+        let temps: Vec<_> = s.iter().filter(|(k, _)| k.starts_with('n')).collect();
+        assert_eq!(temps.len(), 1500);
+        for (k, r) in temps {
+            assert_eq!(*r, good(Value::Int(-40)), "{k}");
+        }
+    }
+    assert_eq!(poller.stats().connects, 1, "one session throughout");
+    assert_eq!(writes(&peer), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,7 +209,7 @@ async fn values_and_quality_reach_mqtt_and_a_server_restart_is_survived() {
     let ctl_dir = dir.path().to_path_buf();
     let rig = Rig::start(RigOptions {
         dir: Some(dir),
-        config_edit: Some(Box::new(move |text, _| opcua_config(text, port, &pki))),
+        config_edit: Some(Box::new(move |text, _| opcua_config(text, port, &pki, ""))),
         ..RigOptions::default()
     })
     .await;
@@ -318,15 +263,7 @@ async fn values_and_quality_reach_mqtt_and_a_server_restart_is_survived() {
     assert_eq!(writes(&peer), 0, "the daemon wrote:\n{}", peer.output());
 
     // The server restarts (same port, same nodes): the daemon reconnects by itself.
-    let polls = |rig: &Rig| {
-        rig.observers()
-            .view
-            .borrow()
-            .plcs
-            .get("pal")
-            .cloned()
-            .unwrap_or_default()
-    };
+    let polls = pal;
     drop(peer);
     std::fs::remove_file(control_file(&ctl_dir)).unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -364,120 +301,4 @@ async fn values_and_quality_reach_mqtt_and_a_server_restart_is_survived() {
         )
         .await;
     assert_eq!(writes(&peer), 0, "the daemon wrote:\n{}", peer.output());
-}
-
-fn secure_plc(port: u16, pki: &Path, password_file: &Path, trust: TrustServer) -> Plc {
-    let mut p = plc(port, pki);
-    p.protocol = Protocol::OpcUa(OpcUa {
-        endpoint: format!("opc.tcp://127.0.0.1:{port}/"),
-        security_policy: SecurityPolicy::Basic256Sha256,
-        security_mode: SecurityMode::SignAndEncrypt,
-        username: Some("ms5".into()),
-        password_file: Some(password_file.to_path_buf()),
-        pki_dir: pki.to_path_buf(),
-        trust_server: trust,
-    });
-    p
-}
-
-fn files_in(dir: &Path) -> Vec<PathBuf> {
-    std::fs::read_dir(dir)
-        .map(|d| d.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn basic256sha256_with_a_user_an_unknown_server_certificate_is_rejected_then_trusted() {
-    let dir = tempfile::tempdir().unwrap();
-    let server_pki = dir.path().join("server-pki");
-    let peer = server(
-        dir.path(),
-        None,
-        &[
-            "--secure",
-            server_pki.to_str().unwrap(),
-            "--user",
-            "ms5:s3cret",
-        ],
-    );
-    let password = dir.path().join("opcua.password");
-    std::fs::write(&password, "s3cret\n").unwrap();
-    let pki = dir.path().join("pki");
-    let mut poller = OpcUaPoller::new(
-        &secure_plc(peer.port, &pki, &password, TrustServer::Pinned),
-        &[equipment(DataType::F32)],
-    );
-
-    // Pinned, the server's certificate not in trusted/: refused, saved under rejected/.
-    let e = poller
-        .poll()
-        .await
-        .expect_err("an untrusted server is refused");
-    assert!(!poller.connected());
-    let rejected = files_in(&pki.join("rejected"));
-    assert_eq!(rejected.len(), 1, "{e}: {rejected:?}");
-    assert!(e.to_string().contains("rejected"), "{e}");
-    assert!(files_in(&pki.join("trusted")).is_empty());
-
-    // The engineer moves it to trusted/: the next connect reads the store again.
-    let name = rejected[0].file_name().unwrap().to_owned();
-    std::fs::rename(&rejected[0], pki.join("trusted").join(&name)).unwrap();
-    let samples = poller.poll().await.expect("trusted now");
-    let s = &samples[0].signals;
-    assert_eq!(s["good_count"], good(Value::UInt(123_456)));
-    assert_eq!(s["speed"], good(Value::Float(87.5)));
-    assert_eq!(writes(&peer), 0);
-
-    // A wrong password is refused (not a crash, not a retry storm: one transport error).
-    std::fs::write(&password, "wrong\n").unwrap();
-    let mut wrong = OpcUaPoller::new(
-        &secure_plc(peer.port, &pki, &password, TrustServer::Pinned),
-        &[equipment(DataType::F32)],
-    );
-    wrong.poll().await.expect_err("a wrong password is refused");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn first_use_trusts_the_first_server_certificate_and_refuses_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let password = dir.path().join("opcua.password");
-    std::fs::write(&password, "s3cret").unwrap();
-    let pki = dir.path().join("pki");
-    let first = server(
-        dir.path(),
-        None,
-        &[
-            "--secure",
-            dir.path().join("server-a").to_str().unwrap(),
-            "--user",
-            "ms5:s3cret",
-        ],
-    );
-    let port = first.port;
-    let plc = secure_plc(port, &pki, &password, TrustServer::FirstUse);
-    let mut poller = OpcUaPoller::new(&plc, &[equipment(DataType::F32)]);
-    let samples = poller.poll().await.expect("first use: trusted");
-    assert_eq!(samples[0].signals["running"], good(Value::Bool(true)));
-    assert_eq!(files_in(&pki.join("trusted")).len(), 1);
-    drop(poller);
-    drop(first);
-
-    // Another server (a new certificate) at the same address: refused and saved.
-    let _second = server(
-        dir.path(),
-        Some(port),
-        &[
-            "--secure",
-            dir.path().join("server-b").to_str().unwrap(),
-            "--user",
-            "ms5:s3cret",
-        ],
-    );
-    let mut poller = OpcUaPoller::new(&plc, &[equipment(DataType::F32)]);
-    poller
-        .poll()
-        .await
-        .expect_err("a different certificate is refused");
-    assert_eq!(files_in(&pki.join("trusted")).len(), 1);
-    assert_eq!(files_in(&pki.join("rejected")).len(), 1);
 }

@@ -7,6 +7,8 @@
 #![allow(unreachable_pub)]
 
 pub mod line;
+#[cfg(feature = "opcua")]
+pub mod opcua;
 pub mod pki;
 pub mod proxy;
 pub mod python;

@@ -1,6 +1,7 @@
 """An OPC UA server for the OPC UA peer tests: python asyncua with known nodes.
 
-Usage: python opcua_server.py PORT --control FILE [--secure PKI_DIR --user NAME:PASSWORD]
+Usage: python opcua_server.py PORT --control FILE [--secure PKI_DIR --user NAME:PASSWORD
+                                                  [--policies P1,P2,…]]
 
 Namespace "urn:ms5-edge:test" (index 2) holds, with these values:
   ns=2;s=Line.Running  Boolean  True
@@ -9,14 +10,17 @@ Namespace "urn:ms5-edge:test" (index 2) holds, with these values:
   ns=2;s=Line.Speed    Float    87.5
   ns=2;s=Line.Energy   Double   1234.5678
   ns=2;s=Line.Faults   Int32[]  [5, -2147483648, 0]
+  ns=2;s=Line.Mode     Int32    3  (a scalar Int32 next to the array: the ValueRank check)
 
 Control: every 50 ms the server reads FILE (JSON, may be missing): {"bad": ["Line.Speed"],
 "uncertain": ["Line.Temp"]} gives those nodes that status code from then on (their values
-otherwise unchanged); it prints "STATUS <the file's text>" when it applied a new control.
+otherwise unchanged); {"stall_ms": 600} holds every client Read back that long before it is
+answered (a slow server, "STALLED <ms>" once answered); it prints "STATUS <the file's text>" when it applied a new control.
 
 Every Write service request is printed as "WRITE <node>" (and counted in "WRITES <n>"), so a
 test can assert the client never wrote. With --secure, the only endpoint is Basic256Sha256
-SignAndEncrypt with a user name and password; the server's certificate is created in PKI_DIR
+SignAndEncrypt with a user name and password (--policies: these asyncua SecurityPolicyType
+names instead, e.g. Aes128Sha256RsaOaep_SignAndEncrypt,Aes256Sha256RsaPss_Sign); the server's certificate is created in PKI_DIR
 (server_cert.der / server_key.pem) and the client's certificate is accepted as is.
 """
 
@@ -34,7 +38,7 @@ from asyncua.crypto.permission_rules import User, UserRole
 
 def parse():
     argv = sys.argv[1:]
-    opts = {"port": int(argv[0]), "control": None, "secure": None, "user": None}
+    opts = {"port": int(argv[0]), "control": None, "secure": None, "user": None, "policies": None}
     i = 1
     while i < len(argv):
         opts[argv[i].lstrip("-")] = argv[i + 1]
@@ -123,7 +127,8 @@ async def main():
         cert, key = await make_cert(opts["secure"])
         await server.load_certificate(cert)
         await server.load_private_key(key)
-        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        names = (opts["policies"] or "Basic256Sha256_SignAndEncrypt").split(",")
+        server.set_security_policy([getattr(ua.SecurityPolicyType, n) for n in names])
         server.set_security_IDs(["Username"])
     else:
         server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
@@ -143,6 +148,7 @@ async def main():
     await var("Line.Speed", ua.NodeId("Line.Speed", idx), 87.5, ua.VariantType.Float)
     await var("Line.Energy", ua.NodeId("Line.Energy", idx), 1234.5678, ua.VariantType.Double)
     await var("Line.Faults", ua.NodeId("Line.Faults", idx), [5, -2147483648, 0], ua.VariantType.Int32)
+    await var("Line.Mode", ua.NodeId("Line.Mode", idx), 3, ua.VariantType.Int32)
     values = {k: (await n.read_data_value()).Value for k, n in nodes.items()}
 
     writes = 0
@@ -158,6 +164,16 @@ async def main():
         print("WRITES %d" % writes, flush=True)
 
     server.iserver.subscribe_server_callback(CallbackType.PreWrite, count_write)
+
+    stall = {"ms": 0}
+
+    async def slow_read(event, dispatcher):
+        if event.is_external and stall["ms"]:
+            ms = stall["ms"]
+            await asyncio.sleep(ms / 1000)
+            print("STALLED %d" % ms, flush=True)
+
+    server.iserver.subscribe_server_callback(CallbackType.PreRead, slow_read)
 
     applied = None
     async with server:
@@ -182,6 +198,7 @@ async def main():
                 else:
                     status = ua.StatusCode(ua.StatusCodes.Good)
                 await server.write_attribute_value(node.nodeid, ua.DataValue(values[key], StatusCode=status))
+            stall["ms"] = int(control.get("stall_ms", 0))
             applied = control
             print("STATUS %s" % raw, flush=True)
 
