@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use common::http::{get, request, try_request, Http};
 use common::line::{BAGGER, LOADER};
 use common::rig::{Rig, RigOptions};
 use serde_json::Value;
@@ -35,63 +36,6 @@ const FAMILIES: [(&str, &str); 16] = [
     ("ms5_edge_oee_ratio", "gauge"),
     ("ms5_edge_build_info", "gauge"),
 ];
-
-/// One HTTP response: status code, headers (lowercase names), body.
-struct Http {
-    status: u16,
-    headers: BTreeMap<String, String>,
-    body: String,
-}
-
-/// `METHOD path` over a fresh TCP connection, read to its end (the server closes it), within
-/// 5 s; panics when the server closed it without an answer.
-async fn request(addr: SocketAddr, method: &str, path: &str) -> Http {
-    try_request(addr, method, path)
-        .await
-        .unwrap_or_else(|| panic!("{method} {path}: connection closed without a response"))
-}
-
-/// Like [`request`]; `None` when the server closed the connection without an answer (it does
-/// that to connections over its bound).
-async fn try_request(addr: SocketAddr, method: &str, path: &str) -> Option<Http> {
-    tokio::time::timeout(Duration::from_secs(5), async {
-        // Refused: not listening (yet).
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        s.write_all(
-            format!("{method} {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await
-        .expect("send request");
-        let mut raw = Vec::new();
-        if s.read_to_end(&mut raw).await.is_err() || raw.is_empty() {
-            return None;
-        }
-        let text = String::from_utf8(raw).expect("utf-8 response");
-        let (head, body) = text.split_once("\r\n\r\n").expect("headers end");
-        let mut lines = head.lines();
-        let status = lines
-            .next()
-            .and_then(|l| l.split(' ').nth(1))
-            .and_then(|c| c.parse().ok())
-            .expect("status line");
-        let headers = lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        Some(Http {
-            status,
-            headers,
-            body: body.to_string(),
-        })
-    })
-    .await
-    .unwrap_or_else(|_| panic!("{method} {path}: no response within 5 s"))
-}
-
-async fn get(addr: SocketAddr, path: &str) -> Http {
-    request(addr, "GET", path).await
-}
 
 /// The exposition as python's prometheus_client parser reads it: family name → {type, help,
 /// samples: [[name, labels, value]]}.
@@ -576,91 +520,4 @@ async fn a_stalled_poll_loop_fails_healthz_naming_it() {
         r.body
     );
     daemon.kill9();
-}
-
-/// utime + stime of `pid` in clock ticks (`/proc/PID/stat` fields 14 and 15).
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
-    // The command name (field 2) is in parentheses and may hold spaces: split after it.
-    let rest = &stat[stat.rfind(')').expect("comm field") + 2..];
-    let fields: Vec<&str> = rest.split(' ').collect();
-    // `rest` starts at field 3 (state): utime is field 14, stime 15.
-    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
-}
-
-/// BENCHMARKS.md "Metrics": the daemon's CPU over 60 s without scrapes, then 60 s with a
-/// scrape every second, on the demo line (simulators and broker in this process, the daemon a
-/// process of its own). `MS5_BENCH_BIN` names the binary (the release build); the debug one
-/// otherwise. Run by hand:
-/// `MS5_BENCH_BIN=target/release/ms5-edge cargo test --test metrics -- --ignored --nocapture`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a 2.5-minute measurement, run by hand for BENCHMARKS.md"]
-async fn measure_daemon_cpu_with_and_without_a_one_second_scrape() {
-    let port = common::free_port();
-    let rig = Rig::prepare(RigOptions {
-        config_edit: Some(Box::new(move |text, _| {
-            format!("{text}\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n")
-        })),
-        ..RigOptions::default()
-    })
-    .await;
-    let bin =
-        std::env::var("MS5_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_ms5-edge").into());
-    let log = std::fs::File::create(rig.dir.path().join("bench.log")).expect("log");
-    let mut child = std::process::Command::new(&bin)
-        .args(["run", "-c"])
-        .arg(&rig.config_path)
-        .env("MS5_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start the daemon");
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while try_request(addr, "GET", "/readyz")
-        .await
-        .is_none_or(|r| r.status != 200)
-    {
-        assert!(Instant::now() < deadline, "the daemon became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    // Warm-up: the first OEE snapshot, the page cache.
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let window = Duration::from_secs(60);
-    let hz = 100.0; // USER_HZ on Linux
-    let t0 = cpu_ticks(child.id());
-    tokio::time::sleep(window).await;
-    let t1 = cpu_ticks(child.id());
-    let mut scrapes = 0u32;
-    let mut bytes = 0usize;
-    let start = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    while start.elapsed() < window {
-        tick.tick().await;
-        let r = get(addr, "/metrics").await;
-        assert_eq!(r.status, 200);
-        bytes = r.body.len();
-        scrapes += 1;
-    }
-    let t2 = cpu_ticks(child.id());
-    // What one scrape costs: back to back, so that the scrapes dominate the window.
-    const BURST: u32 = 2000;
-    let burst_start = Instant::now();
-    for _ in 0..BURST {
-        assert_eq!(get(addr, "/metrics").await.status, 200);
-    }
-    let burst_wall = burst_start.elapsed().as_secs_f64();
-    let t3 = cpu_ticks(child.id());
-    let idle = (t1 - t0) as f64 / hz;
-    let scraped = (t2 - t1) as f64 / hz;
-    let burst = (t3 - t2) as f64 / hz;
-    // Minus what the daemon spends anyway over the burst's wall time.
-    let per_scrape_us = (burst - idle / 60.0 * burst_wall) / f64::from(BURST) * 1e6;
-    println!(
-        "binary {bin}\nno scrape:      {idle:.2} s CPU in 60 s ({:.2} %)\n1 s scrape:     {scraped:.2} s CPU in 60 s ({:.2} %), {scrapes} scrapes of {bytes} bytes\nburst:          {BURST} scrapes in {burst_wall:.2} s wall, {burst:.2} s CPU: {per_scrape_us:.0} µs CPU per scrape",
-        idle / 60.0 * 100.0,
-        scraped / 60.0 * 100.0
-    );
-    let _ = child.kill();
-    let _ = child.wait();
 }

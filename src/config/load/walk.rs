@@ -290,7 +290,12 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    pub(super) fn as_int(&mut self, v: &Value<'_>, path: &str, range: RangeInclusive<i64>) -> Option<i64> {
+    pub(super) fn as_int(
+        &mut self,
+        v: &Value<'_>,
+        path: &str,
+        range: RangeInclusive<i64>,
+    ) -> Option<i64> {
         let n = match v.get_ref() {
             DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
                 Ok(n) => n,
@@ -328,7 +333,12 @@ impl<'s> Ctx<'s> {
     }
 
     /// A number (integer or float), finite and within `range`.
-    pub(super) fn as_num(&mut self, v: &Value<'_>, path: &str, range: RangeInclusive<f64>) -> Option<f64> {
+    pub(super) fn as_num(
+        &mut self,
+        v: &Value<'_>,
+        path: &str,
+        range: RangeInclusive<f64>,
+    ) -> Option<f64> {
         let x = match v.get_ref() {
             DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
                 .ok()
@@ -373,7 +383,11 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    pub(super) fn as_table<'a, 'i>(&mut self, v: &'a Value<'i>, path: &str) -> Option<Table<'a, 'i>> {
+    pub(super) fn as_table<'a, 'i>(
+        &mut self,
+        v: &'a Value<'i>,
+        path: &str,
+    ) -> Option<Table<'a, 'i>> {
         match v.get_ref() {
             DeValue::Table(map) => Some(Table {
                 path: path.to_string(),
@@ -387,7 +401,11 @@ impl<'s> Ctx<'s> {
         }
     }
 
-    pub(super) fn as_array<'a, 'i>(&mut self, v: &'a Value<'i>, path: &str) -> Option<&'a DeArray<'i>> {
+    pub(super) fn as_array<'a, 'i>(
+        &mut self,
+        v: &'a Value<'i>,
+        path: &str,
+    ) -> Option<&'a DeArray<'i>> {
         match v.get_ref() {
             DeValue::Array(a) => Some(a),
             _ => {
