@@ -513,21 +513,30 @@ fn top(path: &std::path::Path, plain: bool) -> ExitCode {
         // reaches the screen loop through this flag.
         let signalled = std::sync::Arc::new(AtomicBool::new(false));
         let flag = signalled.clone();
-        rt.spawn(async move {
-            shutdown.await;
-            flag.store(true, Ordering::Relaxed);
-        });
-        let mut last = first;
-        ms5_edge::top::term::run(
-            || {
-                match ms5_edge::top::read(&config, now()) {
-                    Ok(v) => last = v,
-                    Err(e) => last.banner = Some(format!("cannot read the database: {e}")),
-                }
-                last.clone()
-            },
-            || signalled.load(Ordering::Relaxed),
-        )
+        // The screen loop blocks, so it runs on a blocking thread while this thread drives
+        // the (single-threaded) runtime that waits for the signal.
+        let screen = move || {
+            let mut last = first;
+            ms5_edge::top::term::run(
+                || {
+                    match ms5_edge::top::read(&config, now()) {
+                        Ok(v) => last = v,
+                        Err(e) => last.banner = Some(format!("cannot read the database: {e}")),
+                    }
+                    last.clone()
+                },
+                || signalled.load(Ordering::Relaxed),
+            )
+        };
+        rt.block_on(async move {
+            tokio::spawn(async move {
+                shutdown.await;
+                flag.store(true, Ordering::Relaxed);
+            });
+            tokio::task::spawn_blocking(screen)
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        })
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -900,6 +900,11 @@ fn configure(conn: &Connection) -> Result<(), StoreError> {
     // Every statement of a commit stays prepared (rusqlite's default of 16 is fewer than an
     // event-bearing batch uses, and a miss re-parses the SQL).
     conn.set_prepared_statement_cache_capacity(64);
+    // 512 KiB of page cache (SQLite's default is 2 MiB): a commit touches a few dozen pages (the
+    // tails of the outbox, samples and their indexes, meta, memories). The default filled up
+    // during a long broker outage — the outbox grows, `count(*)` and the bound walk it — and
+    // stayed that size after the drain (RSS, issue 10).
+    conn.pragma_update(None, "cache_size", -512i64)?;
     Ok(())
 }
 
