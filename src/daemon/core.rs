@@ -3,7 +3,9 @@
 //! ## Design constraints
 //! - **One owner.** [`Core`] owns the [`Engine`], the [`Store`] and the disk-full
 //!   [`Queue`]; nothing else touches them, so no lock is needed and blocking SQLite calls
-//!   never stall the async workers that poll PLCs and talk MQTT.
+//!   never stall the I/O thread that polls the PLCs. The CloudEvents uplink shares this
+//!   thread's runtime (see [`super`]): it runs whenever the loop waits, and a commit holds it
+//!   only for as long as the commit it was waiting for.
 //! - **Thin loop.** [`Core::run`] only waits for an input (a poll report, a command, the beat)
 //!   and calls one method per concern: [`Core::ingest`], [`Core::tick`], [`Core::commit`],
 //!   [`Core::health`]. Each method's doc says what it must keep.

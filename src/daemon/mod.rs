@@ -7,12 +7,15 @@
 //! ```
 //!
 //! Two threads carry a poll. The I/O thread (the process's single-threaded tokio runtime) runs
-//! every PLC task, the uplink, the Sparkplug session and the metrics server: they wait on
-//! sockets and timerfds in one `epoll_wait`. The core runs on its own OS thread with a
-//! single-threaded runtime: it owns the engine and the SQLite writer, so a commit's fsync
-//! never delays a poll tick. One poll therefore crosses threads twice (report to the core,
-//! committed rows back to the uplink); the uplink's batched SQLite deletes go through
-//! `spawn_blocking`. All channels are bounded.
+//! every PLC task, the Sparkplug session and the metrics server: they wait on sockets and
+//! timerfds in one `epoll_wait`, and nothing on it ever waits for the disk, so a commit's
+//! fsync never delays a poll tick. The core thread runs the engine, the SQLite writer and the
+//! CloudEvents uplink (with rumqttc's event loop) on a single-threaded runtime of its own: the
+//! uplink publishes what a commit wrote without another thread being woken, and a PUBACK
+//! wakes the thread that deletes its row. One poll therefore crosses threads once (the report
+//! to the core). A commit holds the uplink for as long as it takes, which costs nothing: the
+//! uplink had to wait for that commit anyway, and the keep-alive is tens of seconds. The
+//! uplink's batched SQLite deletes go through `spawn_blocking`. All channels are bounded.
 //!
 //! Shutdown (SIGTERM/SIGINT → the `shutdown` watch): PLC tasks stop and drop their senders; the
 //! core commits what it has and exits when the poll channel closes; the uplink waits briefly for
@@ -344,8 +347,6 @@ struct Pipeline {
     core: std::thread::JoinHandle<Result<Vec<Event>, DaemonError>>,
     /// Notified when the core thread's loop returns (a stored permit if nobody waits yet).
     core_done: Arc<Notify>,
-    /// `None` without an `[mqtt]` section.
-    uplink: Option<tokio::task::JoinHandle<()>>,
     /// The Sparkplug session (`[sparkplug]`); it publishes DDEATH/NDEATH when stopped.
     sparkplug: Option<tokio::task::JoinHandle<()>>,
 }
@@ -423,8 +424,16 @@ impl Pipeline {
         });
         let (status_tx, status_rx) = watch::channel(status.clone());
 
-        // The core thread: engine + SQLite writer.
+        // The core thread: engine + SQLite writer, and the uplink once the core has restored.
+        // Its runtime is built here so that the uplink can be spawned onto it; the thread runs
+        // the core, then the uplink until it has said goodbye (`Pipeline::stop`, step 5).
         let core_done = Arc::new(Notify::new());
+        let core_rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| DaemonError::Core(e.to_string()))?;
+        let core_handle = core_rt.handle().clone();
+        let (uplink_tx, uplink_rx) = oneshot::channel::<tokio::task::JoinHandle<()>>();
         let core = {
             let done = core_done.clone();
             let parts = core::CoreParts {
@@ -448,18 +457,22 @@ impl Pipeline {
             std::thread::Builder::new()
                 .name("ms5-core".into())
                 .spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_time()
-                        .build()
-                        .map_err(|e| DaemonError::Core(e.to_string()))?;
-                    let result = rt.block_on(core::run(parts));
+                    let result = core_rt.block_on(core::run(parts));
                     done.notify_one();
+                    // The uplink lives on this runtime: drive it to its end (no uplink, or a
+                    // start that failed, drops the sender).
+                    core_rt.block_on(async {
+                        if let Ok(uplink) = uplink_rx.await {
+                            let _ = uplink.await;
+                        }
+                    });
                     result
                 })
                 .map_err(|e| DaemonError::Core(e.to_string()))?
         };
         // The core drops the sender without sending when restoring failed: report its error.
         if restored_rx.await.is_err() {
+            drop(uplink_tx);
             return Err(join_core(core)
                 .await
                 .err()
@@ -528,7 +541,7 @@ impl Pipeline {
                     status: status_rx,
                     shutdown: stop_rx.clone(),
                 };
-                Some(tokio::spawn(uplink::run(
+                Some(core_handle.spawn(uplink::run(
                     settings,
                     reader,
                     channels,
@@ -545,6 +558,10 @@ impl Pipeline {
             _ => None,
         };
 
+        if let Some(uplink) = uplink {
+            // The core thread is alive (it restored): it takes the handle.
+            let _ = uplink_tx.send(uplink);
+        }
         let handles = spawn_plcs(config, clock, poll_tx, stop_rx);
         let plcs_done = tokio::spawn(async move {
             for h in handles {
@@ -557,7 +574,6 @@ impl Pipeline {
             plcs_done,
             core,
             core_done,
-            uplink,
             sparkplug,
         })
     }
@@ -575,13 +591,11 @@ impl Pipeline {
         let _ = self.plcs_done.await;
         // 4. The poll channel is now closed: the core commits its last batch (the engine's
         //    memory included) and returns what it could not commit.
+        // 5. The uplink, stopped in step 2 and running on the core's thread, waits briefly for
+        //    in-flight PUBACKs, publishes `{"state":"offline"}` and disconnects; whatever it
+        //    did not deliver stays in the outbox for the next session. The core thread ends
+        //    after both.
         let core_result = join_core(self.core).await;
-        // 5. The uplink, stopped in step 2, waits briefly for in-flight PUBACKs, publishes
-        //    `{"state":"offline"}` and disconnects; whatever it did not deliver stays in the
-        //    outbox for the next session.
-        if let Some(uplink) = self.uplink {
-            let _ = uplink.await;
-        }
         // 6. The Sparkplug session, stopped in step 2 too: a last fence, DDEATH for the
         //    equipment a reload removes, NDEATH, DISCONNECT.
         if let Some(sparkplug) = self.sparkplug {

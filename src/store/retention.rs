@@ -4,6 +4,12 @@
 //! - **Table-driven.** [`RULES`] lists every pruned table with its time column and retention
 //!   class; a new domain table is pruned by appending one line (its time column should be
 //!   indexed, or each step scans the table).
+//! - **Appended tables need no time index.** `samples` gets a row with almost every durable
+//!   commit, and an index on its time would be one more page in each (issue 10). Its rows are
+//!   appended in time order, so the expired rows are the oldest rowids: a step looks only at
+//!   the first `budget` rows in rowid order and deletes those that expired. A row written
+//!   after the wall clock was set back (so older than rows before it) goes when the rows
+//!   before it have gone: later than its time says, never earlier.
 //! - **Small steps.** [`prune_step`] deletes at most `budget` rows in total, in one short
 //!   transaction on the core's connection, and says whether more is due; the core calls it
 //!   about once a minute, or about once a second while a backlog remains (e.g. after the
@@ -33,6 +39,9 @@ pub struct Rule {
     /// Epoch milliseconds; rows older than the cutoff are deleted.
     pub time_column: &'static str,
     pub class: Class,
+    /// Rows are appended in time order and the time column has no index: look at the oldest
+    /// rowids only (module doc).
+    pub appended: bool,
 }
 
 /// Every pruned table. Append new domain tables here (downtime, andon, OEE minutes, …).
@@ -41,36 +50,43 @@ pub const RULES: &[Rule] = &[
         table: "samples",
         time_column: "time_ms",
         class: Class::Telemetry,
+        appended: true,
     },
     Rule {
         table: "state_intervals",
         time_column: "end_ms",
         class: Class::Events,
+        appended: false,
     },
     Rule {
         table: "downtimes",
         time_column: "ended_ms",
         class: Class::Events,
+        appended: false,
     },
     Rule {
         table: "andons",
         time_column: "resolved_ms",
         class: Class::Events,
+        appended: false,
     },
     Rule {
         table: "context_history",
         time_column: "changed_ms",
         class: Class::Events,
+        appended: false,
     },
     Rule {
         table: "jobs",
         time_column: "at_ms",
         class: Class::Events,
+        appended: false,
     },
     Rule {
         table: "oee_minutes",
         time_column: "minute_ms",
         class: Class::Events,
+        appended: false,
     },
 ];
 
@@ -115,11 +131,20 @@ pub fn prune_step(
             break;
         }
         let cutoff = retention.cutoff_ms(rule.class, now_ms);
-        let sql = format!(
-            "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {c} < ?1 LIMIT ?2)",
-            t = rule.table,
-            c = rule.time_column
-        );
+        let sql = if rule.appended {
+            format!(
+                "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM \
+                 (SELECT rowid, {c} AS t FROM {t} ORDER BY rowid LIMIT ?2) WHERE t < ?1)",
+                t = rule.table,
+                c = rule.time_column
+            )
+        } else {
+            format!(
+                "DELETE FROM {t} WHERE rowid IN (SELECT rowid FROM {t} WHERE {c} < ?1 LIMIT ?2)",
+                t = rule.table,
+                c = rule.time_column
+            )
+        };
         let n = tx
             .prepare_cached(&sql)?
             .execute(params![cutoff, left as i64])?;

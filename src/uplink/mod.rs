@@ -750,7 +750,7 @@ impl Session<'_> {
     }
 
     /// Deletes delivered rows and moves too-large ones to the ledger, on the uplink's own
-    /// SQLite connection, off the I/O thread (`spawn_blocking`).
+    /// SQLite connection, off the core's thread (`spawn_blocking`).
     async fn flush(&mut self) -> Result<(), SessionError> {
         if self.acked.is_empty() && self.too_large.is_empty() {
             return Ok(());
