@@ -19,12 +19,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::flush::{commit_in_batches, rate, raw_qos1};
 use ms5_edge::config::{Mqtt, MqttUrl};
 use ms5_edge::engine::{Event, MachineState};
 use ms5_edge::store::outbox::OutboxReader;
-use ms5_edge::store::{Batch, Store};
+use ms5_edge::store::Store;
 use ms5_edge::uplink::{self, UplinkChannels, UplinkSettings, UplinkStats};
-use rumqttc::{AsyncClient, Event as MqttEvent, Incoming, MqttOptions, QoS};
 use tokio::sync::{mpsc, watch, Notify};
 
 const EVENTS: usize = 100_000;
@@ -49,50 +49,7 @@ fn commit_backlog(dir: &std::path::Path) -> (Duration, String) {
     let mut store = Store::open(dir).expect("open store");
     let stream = store.stream().to_string();
     let events: Vec<Event> = (0..EVENTS).map(event).collect();
-    let t = Instant::now();
-    for chunk in events.chunks(BATCH) {
-        store
-            .commit(&Batch {
-                events: chunk,
-                heartbeat_ms: 0,
-                ..Batch::default()
-            })
-            .expect("commit");
-    }
-    (t.elapsed(), stream)
-}
-
-async fn raw_qos1(port: u16, payload: String) -> Duration {
-    let mut opts = MqttOptions::new("bench-raw", "127.0.0.1", port);
-    opts.set_inflight(INFLIGHT);
-    opts.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    let t = Instant::now();
-    let publisher = tokio::spawn(async move {
-        for i in 0..EVENTS {
-            client
-                .publish(
-                    format!("bench/raw/{}", i % 4),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload.clone(),
-                )
-                .await
-                .expect("publish");
-        }
-        client
-    });
-    let mut acked = 0;
-    while acked < EVENTS {
-        match eventloop.poll().await {
-            Ok(MqttEvent::Incoming(Incoming::PubAck(_))) => acked += 1,
-            Ok(_) => {}
-            Err(e) => panic!("raw publisher: {e}"),
-        }
-    }
-    let elapsed = t.elapsed();
-    let _client = publisher.await;
-    elapsed
+    (commit_in_batches(&mut store, &events, BATCH), stream)
 }
 
 async fn replay(port: u16, dir: &std::path::Path, stream: String) -> Duration {
@@ -163,10 +120,6 @@ async fn replay(port: u16, dir: &std::path::Path, stream: String) -> Duration {
     elapsed
 }
 
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -180,7 +133,14 @@ async fn main() {
     let payload = sample[0].envelope("bench-gw", &stream);
 
     let broker = common::Broker::start(&dir.path().join("broker")).await;
-    let raw = raw_qos1(broker.port, payload.clone()).await;
+    let raw = raw_qos1(
+        broker.port,
+        payload.clone().into_bytes(),
+        EVENTS,
+        4,
+        INFLIGHT,
+    )
+    .await;
     let replayed = replay(broker.port, &data, stream).await;
 
     let (c, r, p) = (

@@ -23,13 +23,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::flush::{commit_in_batches, rate, raw_qos1};
 use ms5_edge::config::Config;
 use ms5_edge::engine::{Event, MachineState};
 use ms5_edge::health::Registry;
 use ms5_edge::sparkplug::proto::Payload;
 use ms5_edge::sparkplug::session::{self, SpbChannels, SpbSettings};
 use ms5_edge::store::sparkplug::SpbReader;
-use ms5_edge::store::{Batch, Store};
+use ms5_edge::store::Store;
 use prost::Message as _;
 use rumqttc::{AsyncClient, Event as MqttEvent, Incoming, MqttOptions, QoS};
 use tokio::sync::{watch, Notify};
@@ -68,49 +69,7 @@ fn commit_backlog(dir: &std::path::Path, codes: &[String]) -> Duration {
         .enable_sparkplug(false, Arc::new(Notify::new()))
         .expect("sparkplug on");
     let events: Vec<Event> = (0..ROWS).map(|i| event(codes, i)).collect();
-    let t = Instant::now();
-    for chunk in events.chunks(BATCH) {
-        store
-            .commit(&Batch {
-                events: chunk,
-                heartbeat_ms: 0,
-                ..Batch::default()
-            })
-            .expect("commit");
-    }
-    t.elapsed()
-}
-
-async fn raw_qos1(port: u16, payload: Vec<u8>) -> Duration {
-    let mut opts = MqttOptions::new("bench-raw", "127.0.0.1", port);
-    opts.set_inflight(INFLIGHT);
-    let (client, mut eventloop) = AsyncClient::new(opts, 1024);
-    let t = Instant::now();
-    let publisher = tokio::spawn(async move {
-        for i in 0..ROWS {
-            client
-                .publish(
-                    format!("bench/raw/{}", i % 2),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload.clone(),
-                )
-                .await
-                .expect("publish");
-        }
-        client
-    });
-    let mut acked = 0;
-    while acked < ROWS {
-        match eventloop.poll().await {
-            Ok(MqttEvent::Incoming(Incoming::PubAck(_))) => acked += 1,
-            Ok(_) => {}
-            Err(e) => panic!("raw publisher: {e}"),
-        }
-    }
-    let elapsed = t.elapsed();
-    let _client = publisher.await;
-    elapsed
+    commit_in_batches(&mut store, &events, BATCH)
 }
 
 async fn flush(config: &Config, dir: &std::path::Path) -> Duration {
@@ -213,10 +172,6 @@ async fn latency(port: u16, dir: &std::path::Path, run: Duration) -> Vec<i64> {
     samples
 }
 
-fn rate(n: usize, d: Duration) -> f64 {
-    n as f64 / d.as_secs_f64()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let dir = tempfile::tempdir().expect("temp dir");
@@ -227,7 +182,7 @@ async fn main() {
     let codes: Vec<String> = cfg.equipment.iter().map(|e| e.code.clone()).collect();
     let commit = commit_backlog(&data, &codes);
     // A DDATA of one state change is about this size (alias, timestamp, string, flags).
-    let raw = raw_qos1(broker.port, vec![0x42; 48]).await;
+    let raw = raw_qos1(broker.port, vec![0x42; 48], ROWS, 2, INFLIGHT).await;
     let flushed = flush(&cfg, &data).await;
     let lat = latency(
         broker.port,

@@ -6,6 +6,7 @@
 // Each test crate uses part of this module; its items are `pub` for all of them.
 #![allow(unreachable_pub)]
 
+pub mod flush;
 pub mod http;
 pub mod line;
 #[cfg(feature = "opcua")]
