@@ -105,11 +105,16 @@ pub struct SignalReading {
     pub quality: Quality,
 }
 
+/// A signal's name as a sample carries it: shared with the poller's plan, so a poll of 100
+/// signals copies 100 pointers, not 100 strings (a fifth of the CPU of 20 PLCs was
+/// allocating and freeing those names).
+pub type SignalName = std::sync::Arc<str>;
+
 /// Every signal of one equipment, read in one poll, keyed by signal name.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct EquipmentSample {
     pub equipment: String,
-    pub signals: BTreeMap<String, SignalReading>,
+    pub signals: BTreeMap<SignalName, SignalReading>,
 }
 
 /// How one equipment's engine signals are read: compiled once from its `[equipment.signals]`.
@@ -178,7 +183,7 @@ pub struct EngineSignals<'a> {
     pub faults: Option<Vec<u32>>,
     /// Every signal as read, engine signals included, keyed (and so ordered) by name. Only the
     /// `telemetry` event reads it, and publishes it unchanged; no rule looks into it.
-    pub telemetry: &'a BTreeMap<String, SignalReading>,
+    pub telemetry: &'a BTreeMap<SignalName, SignalReading>,
 }
 
 impl<'a> EngineSignals<'a> {
@@ -236,7 +241,7 @@ mod tests {
             equipment: "bagger".into(),
             signals: signals
                 .iter()
-                .map(|(n, r)| (n.to_string(), r.clone()))
+                .map(|(n, r)| ((*n).into(), r.clone()))
                 .collect(),
         }
     }

@@ -43,7 +43,7 @@ async fn simulator(machine: Machine) -> (SimHandle, Plc, Vec<Equipment>) {
     (sim, plc, equipment)
 }
 
-fn only(samples: &[EquipmentSample]) -> &BTreeMap<String, SignalReading> {
+fn only(samples: &[EquipmentSample]) -> &BTreeMap<ms5_edge::sample::SignalName, SignalReading> {
     assert_eq!(samples.len(), 1);
     &samples[0].signals
 }
@@ -63,23 +63,20 @@ fn bad() -> SignalReading {
 }
 
 /// What the poller must decode from `image` with the simulator's signal config.
-fn expected(image: &Image) -> BTreeMap<String, SignalReading> {
+fn expected(image: &Image) -> BTreeMap<ms5_edge::sample::SignalName, SignalReading> {
     BTreeMap::from([
-        ("running".to_string(), good(Value::Bool(image.running))),
+        ("running".into(), good(Value::Bool(image.running))),
+        ("speed".into(), good(Value::Float(f64::from(image.speed)))),
         (
-            "speed".to_string(),
-            good(Value::Float(f64::from(image.speed))),
-        ),
-        (
-            "good_count".to_string(),
+            "good_count".into(),
             good(Value::UInt(u64::from(image.good_count))),
         ),
         (
-            "reject_count".to_string(),
+            "reject_count".into(),
             good(Value::UInt(u64::from(image.reject_count))),
         ),
         (
-            "faults".to_string(),
+            "faults".into(),
             good(Value::Array(
                 image
                     .fault_words
@@ -89,7 +86,7 @@ fn expected(image: &Image) -> BTreeMap<String, SignalReading> {
             )),
         ),
         (
-            "motor_temp_c".to_string(),
+            "motor_temp_c".into(),
             good(Value::Float(f64::from(image.temp_raw) / 10.0)),
         ),
     ])

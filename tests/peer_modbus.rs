@@ -462,7 +462,7 @@ fn readings(samples: &[EquipmentSample]) -> BTreeMap<(String, String), SignalRea
         .flat_map(|s| {
             s.signals
                 .iter()
-                .map(|(name, r)| ((s.equipment.clone(), name.clone()), r.clone()))
+                .map(|(name, r)| ((s.equipment.clone(), name.to_string()), r.clone()))
         })
         .collect()
 }

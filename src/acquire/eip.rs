@@ -177,7 +177,7 @@ pub struct EipPoller {
 /// One signal of one equipment.
 struct TagSlot {
     equipment: usize,
-    name: String,
+    name: crate::sample::SignalName,
     tag: String,
     signal: Signal,
     access: Result<Access, String>,
@@ -231,7 +231,7 @@ impl EipPoller {
                 }
                 slots.push(TagSlot {
                     equipment: e,
-                    name: name.to_string(),
+                    name: name.into(),
                     tag,
                     signal: signal.clone(),
                     access,

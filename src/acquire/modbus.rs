@@ -72,7 +72,7 @@ pub struct ModbusPoller {
 /// One signal of one equipment and where its data is.
 struct Slot {
     equipment: usize,
-    name: String,
+    name: crate::sample::SignalName,
     signal: Signal,
     span: Option<Span>,
     placement: Result<Placement, PlanError>,
@@ -148,7 +148,7 @@ impl ModbusPoller {
             let base = requests.len();
             slots.extend(read_plan.signals.into_iter().map(|s| Slot {
                 equipment: members.get(s.equipment).copied().unwrap_or(usize::MAX),
-                name: s.name,
+                name: s.name.into(),
                 signal: s.signal,
                 span: s.span,
                 placement: s.placement.map(|p| Placement {

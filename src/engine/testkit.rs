@@ -114,10 +114,10 @@ pub(crate) fn sample(running: bool, fault_words: [u64; 2]) -> PollInput {
         value: Some(v),
         quality: Quality::Good,
     };
-    signals.insert("running".to_string(), good(Value::Bool(running)));
-    signals.insert("good_count".to_string(), good(Value::UInt(10)));
+    signals.insert("running".into(), good(Value::Bool(running)));
+    signals.insert("good_count".into(), good(Value::UInt(10)));
     signals.insert(
-        "faults".to_string(),
+        "faults".into(),
         good(Value::Array(
             fault_words.iter().map(|w| Value::UInt(*w)).collect(),
         )),
@@ -241,14 +241,14 @@ impl Drive {
             value: Some(v),
             quality: Quality::Good,
         };
-        signals.insert("running".to_string(), good(Value::Bool(running)));
-        signals.insert("good_count".to_string(), good(Value::UInt(self.good)));
+        signals.insert("running".into(), good(Value::Bool(running)));
+        signals.insert("good_count".into(), good(Value::UInt(self.good)));
         signals.insert(
-            "reject_count".to_string(),
+            "reject_count".into(),
             good(Value::UInt(self.running_secs / self.reject_every)),
         );
         signals.insert(
-            "faults".to_string(),
+            "faults".into(),
             good(Value::Array(
                 faults.iter().map(|w| Value::UInt(*w)).collect(),
             )),

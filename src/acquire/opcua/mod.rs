@@ -53,7 +53,7 @@ use session::{open, read_all, read_id, Conn};
 /// One configured signal and what is known about its node.
 struct Slot {
     equipment: usize,
-    name: String,
+    name: crate::sample::SignalName,
     node_text: String,
     node: Option<NodeId>,
     signal: Signal,
@@ -98,7 +98,7 @@ impl OpcUaPoller {
                 };
                 slots.push(Slot {
                     equipment: e,
-                    name: name.to_string(),
+                    name: name.into(),
                     node_text,
                     node,
                     signal: signal.clone(),

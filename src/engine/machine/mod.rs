@@ -280,12 +280,12 @@ impl Machine {
                 values: signals
                     .telemetry
                     .iter()
-                    .map(|(n, r)| (n.clone(), r.value.clone()))
+                    .map(|(n, r)| (n.to_string(), r.value.clone()))
                     .collect(),
                 quality: signals
                     .telemetry
                     .iter()
-                    .map(|(n, r)| (n.clone(), r.quality))
+                    .map(|(n, r)| (n.to_string(), r.quality))
                     .collect(),
             });
         }
@@ -528,7 +528,7 @@ mod tests {
     fn telemetry_publishes_every_signal_as_read_not_as_the_engine_typed_it() {
         let mut engine = Engine::new(&config(0), 0);
         let reading = |value: Option<Value>, quality| SignalReading { value, quality };
-        let signals: BTreeMap<String, SignalReading> = [
+        let signals: BTreeMap<crate::sample::SignalName, SignalReading> = [
             ("running", reading(Some(Value::UInt(1)), Quality::Good)),
             ("good_count", reading(None, Quality::Bad)),
             ("faults", reading(None, Quality::Stale)),
@@ -538,7 +538,7 @@ mod tests {
             ),
         ]
         .into_iter()
-        .map(|(n, r)| (n.to_string(), r))
+        .map(|(n, r)| (n.into(), r))
         .collect();
         let input = PollInput::Samples(vec![EquipmentSample {
             equipment: "BAG1".into(),
@@ -553,7 +553,7 @@ mod tests {
         };
         let as_read: BTreeMap<_, _> = signals
             .iter()
-            .map(|(n, r)| (n.clone(), r.value.clone()))
+            .map(|(n, r)| (n.to_string(), r.value.clone()))
             .collect();
         assert_eq!(values, &as_read, "the running 1 stays a number");
         assert_eq!(quality["good_count"], Quality::Bad);
