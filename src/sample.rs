@@ -106,8 +106,9 @@ pub struct SignalReading {
 }
 
 /// A signal's name as a sample carries it: shared with the poller's plan, so a poll of 100
-/// signals copies 100 pointers, not 100 strings (a fifth of the CPU of 20 PLCs was
-/// allocating and freeing those names).
+/// signals copies 100 pointers, not 100 strings (allocating, comparing and freeing those
+/// names was the largest user-space item of the 20-PLC profile; BENCHMARKS.md "Fourth
+/// session").
 pub type SignalName = std::sync::Arc<str>;
 
 /// Every signal of one equipment, read in one poll, keyed by signal name.

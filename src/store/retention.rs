@@ -7,9 +7,10 @@
 //! - **Appended tables need no time index.** `samples` gets a row with almost every durable
 //!   commit, and an index on its time would be one more page in each (issue 10). Its rows are
 //!   appended in time order, so the expired rows are the oldest rowids: a step looks only at
-//!   the first `budget` rows in rowid order and deletes those that expired. A row written
-//!   after the wall clock was set back (so older than rows before it) goes when the rows
-//!   before it have gone: later than its time says, never earlier.
+//!   the first `budget` rows in rowid order and deletes those that expired. A row more than
+//!   `budget` rows behind a newer one (written after the wall clock was set back) goes once
+//!   the rows before it have gone: later than its time says, never earlier, and no step
+//!   ever scans the table.
 //! - **Small steps.** [`prune_step`] deletes at most `budget` rows in total, in one short
 //!   transaction on the core's connection, and says whether more is due; the core calls it
 //!   about once a minute, or about once a second while a backlog remains (e.g. after the
@@ -224,5 +225,47 @@ mod tests {
             2,
             "the open and the recent interval stay"
         );
+    }
+
+    #[test]
+    fn a_sample_behind_a_full_step_of_newer_ones_waits_for_them_and_is_never_scanned_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(dir.path()).unwrap();
+        let db = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        // A budget's worth of fresh samples, then one stamped 8 days ago (the clock was set
+        // back), then the wall clock moves on until the fresh ones expire too.
+        for i in 0..PRUNE_BUDGET as i64 {
+            db.execute(
+                "INSERT INTO samples (equipment, time_ms, data) VALUES ('E1', ?1, '{}')",
+                [NOW - DAY + i],
+            )
+            .unwrap();
+        }
+        db.execute(
+            "INSERT INTO samples (equipment, time_ms, data) VALUES ('E1', ?1, '{}')",
+            [NOW - 8 * DAY],
+        )
+        .unwrap();
+        let r = store.prune_step(NOW).unwrap();
+        assert_eq!(
+            r.deleted, 0,
+            "the step looks at the oldest rowids only: {r:?}"
+        );
+        assert_eq!(
+            count(&db, "SELECT count(*) FROM samples"),
+            PRUNE_BUDGET as i64 + 1
+        );
+
+        let later = NOW + 7 * DAY;
+        let mut deleted = 0;
+        for _ in 0..5 {
+            deleted += store.prune_step(later).unwrap().deleted;
+        }
+        assert_eq!(
+            deleted,
+            PRUNE_BUDGET as u64 + 1,
+            "all expired by then, the set-back row too"
+        );
+        assert_eq!(count(&db, "SELECT count(*) FROM samples"), 0);
     }
 }
