@@ -59,6 +59,24 @@ const FILE_CHECK_EVERY: Duration = Duration::from_secs(1);
 /// a backlog remains.
 const PRUNE_FIRST: Duration = Duration::from_secs(10);
 
+/// Granularity of the second level of tokio's timer wheel (deadlines 64 ms to 4 s away).
+const TIMER_SLOT: Duration = Duration::from_millis(64);
+
+/// How far a poll report pushes the beat back.
+///
+/// tokio's timer wheel wakes its thread at the start of the 64 ms slot a deadline falls in,
+/// to move the timer into the millisecond level. A beat one poll interval after the report
+/// sits in the slot before the next report, so the core woke once per poll for nothing
+/// (a tenth of its context switches at 100 ms, issue 10). Two intervals plus a slot put that
+/// wake after the next report, which pushes the beat back again. The watchdog ping interval
+/// stays the limit: a ping is never later than it was.
+fn beat_after_report(beat_every: Duration, ping_every: Option<Duration>) -> Duration {
+    let past_next_report = beat_every * 2 + TIMER_SLOT;
+    ping_every.map_or(past_next_report, |ping| {
+        past_next_report.min(ping.max(beat_every))
+    })
+}
+
 /// What [`super::Pipeline::start`] hands to the core thread.
 pub(super) struct CoreParts {
     pub config: Config,
@@ -159,6 +177,9 @@ pub(super) struct Core {
     /// Wakes the loop when no input arrives: the engine's rules and the pings need time to
     /// pass, not reports (the shorter of the fastest poll interval and the ping interval).
     beat: tokio::time::Interval,
+    /// How far a report pushes the beat back: past the next report, so that the beat never
+    /// comes due while reports flow ([`beat_after_report`]).
+    beat_after_report: Duration,
     /// Wall time of the last [`Engine::on_tick`], to run it at most every [`TICK_EVERY_MS`].
     last_tick_ms: i64,
     /// Wall time the engine memory was last committed, for [`MEMORY_EVERY_MS`].
@@ -234,6 +255,7 @@ impl Core {
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let now = Instant::now();
         Core {
+            beat_after_report: beat_after_report(beat_every, ping_every),
             watchdog: Watchdog::new(&config.plcs, ping_every, now),
             config,
             clock,
@@ -329,7 +351,7 @@ impl Core {
                         reports.push(r);
                         // The beat is for when reports stop coming: while they come, each
                         // one wakes the loop, and a beat in between would only cost a wake-up.
-                        self.beat.reset();
+                        self.beat.reset_after(self.beat_after_report);
                     }
                     None => closed = true,
                 },
@@ -944,6 +966,22 @@ mod tests {
             to: MachineState::Stopped,
             at_ms,
         }
+    }
+
+    #[test]
+    fn a_report_pushes_the_beat_past_the_next_report_but_never_past_a_ping() {
+        let ms = Duration::from_millis;
+        // The wheel's wake for a deadline comes at most one slot before it: after the next
+        // report (one interval away), so no wake-up between two reports.
+        for every in [ms(50), ms(100), ms(1000)] {
+            let after = beat_after_report(every, None);
+            assert!(after - TIMER_SLOT > every, "{every:?} -> {after:?}");
+        }
+        // A watchdog ping due before that keeps the beat at the ping interval.
+        assert_eq!(beat_after_report(ms(100), Some(ms(150))), ms(150));
+        assert_eq!(beat_after_report(ms(100), Some(ms(15_000))), ms(264));
+        // A beat set by the ping (faster than the polls) is not shortened further.
+        assert_eq!(beat_after_report(ms(50), Some(ms(50))), ms(50));
     }
 
     fn reply(done: &CommandDone) -> serde_json::Value {
