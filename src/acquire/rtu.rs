@@ -21,6 +21,13 @@
 //!   transport errors, like TCP's. An I/O error on the port closes it; the next job reopens it
 //!   (a USB adapter unplugged and plugged back in recovers by itself). A timeout keeps the
 //!   port open: the other units on the bus are not disturbed.
+//! - **A late answer is never taken for the next one.** RTU frames carry no transaction id: a
+//!   unit that answers after its timeout puts on the line a frame the next request would read
+//!   as its own (same unit, function and length: wrong values, silently). After a timeout or
+//!   an answer that does not match its request, the next job first drops the framing state
+//!   and drains the port until the line has been quiet for the inter-frame gap (at most the
+//!   job's timeout), as libmodbus flushes after an error. An answer later still than that is
+//!   indistinguishable from a real one; the unit's timeout must cover its real answer time.
 //! - **RS-485.** With `rs485 = true` the port is switched to the kernel's RS-485 mode
 //!   (`TIOCSRS485`, RTS high while sending) through the `serial2` crate; a UART that refuses it
 //!   gets one warning per open, and the bus runs on without it (USB RS-485 adapters switch
@@ -28,12 +35,16 @@
 //!
 //! Invariants: never two requests outstanding on one port; a job whose PLC gave up waiting
 //! (its poll was cancelled) is never sent; only the read function codes the poller builds
-//! are sent (the bus adds none of its own).
+//! are sent (the bus adds none of its own); after a lost exchange nothing already on the line
+//! is read as the next answer.
 
 use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_modbus::client::{Client, Context};
@@ -62,6 +73,70 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Port for T {}
 
 /// Opens the bus's port (again after an I/O error).
 pub type Opener = Box<dyn FnMut() -> io::Result<Box<dyn Port>> + Send>;
+
+/// The open port, shared by the Modbus framing that runs the exchanges and the bus task, which
+/// drains it after a lost exchange ([`drain`]). Only the bus task ever uses it, one at a time:
+/// the lock is never contended.
+#[derive(Clone)]
+struct SharedPort(Arc<Mutex<Box<dyn Port>>>);
+
+impl SharedPort {
+    fn new(port: Box<dyn Port>) -> SharedPort {
+        SharedPort(Arc::new(Mutex::new(port)))
+    }
+
+    fn with<R>(&self, f: impl FnOnce(Pin<&mut dyn Port>) -> R) -> R {
+        let mut port = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        f(Pin::new(&mut **port))
+    }
+}
+
+impl AsyncRead for SharedPort {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.with(|p| p.poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for SharedPort {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.with(|p| p.poll_write(cx, buf))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.with(|p| p.poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        self.with(|p| p.poll_shutdown(cx))
+    }
+}
+
+/// Reads and discards what the line still carries until it has been quiet for `gap`, for at
+/// most `limit`. Returns the number of bytes thrown away.
+async fn drain(port: &mut SharedPort, gap: Duration, limit: Duration) -> io::Result<usize> {
+    let give_up = Instant::now() + limit;
+    let mut buf = [0u8; 256];
+    let mut discarded = 0;
+    loop {
+        let quiet_until = (Instant::now() + gap).min(give_up);
+        match tokio::time::timeout_at(quiet_until, port.read(&mut buf)).await {
+            Err(_) | Ok(Ok(0)) => return Ok(discarded),
+            Ok(Ok(n)) => discarded += n,
+            Ok(Err(e)) => return Err(e),
+        }
+        if Instant::now() >= give_up {
+            return Ok(discarded);
+        }
+    }
+}
 
 struct Job {
     unit: u8,
@@ -130,26 +205,31 @@ pub fn spawn(device: &str, bus: SerialBus, open: Opener) -> BusHandle {
 }
 
 async fn run(device: String, gap: Duration, mut open: Opener, mut jobs: mpsc::Receiver<Job>) {
-    let mut ctx: Option<Context> = None;
+    // The open port and the Modbus framing on it.
+    let mut link: Option<(SharedPort, Context)> = None;
     // When the line last went quiet (end of the last exchange).
     let mut quiet_since = Instant::now();
     let mut open_error: Option<String> = None;
+    // The last exchange was lost (timeout, or an answer that was not its own): what is on
+    // the line may be a late answer, and the framing may hold part of one.
+    let mut resync = false;
     while let Some(job) = jobs.recv().await {
         if job.reply.is_closed() {
             continue; // its poll was cancelled: do not put it on the wire
         }
-        if ctx.is_none() {
+        if link.is_none() {
             match open() {
                 Ok(port) => {
                     if open_error.take().is_some() {
                         tracing::info!(%device, "serial port open again");
                     }
                     tracing::debug!(%device, "serial port open");
-                    ctx = Some(tokio_modbus::client::rtu::attach_slave(
-                        port,
-                        Slave(job.unit),
-                    ));
+                    let port = SharedPort::new(port);
+                    let ctx =
+                        tokio_modbus::client::rtu::attach_slave(port.clone(), Slave(job.unit));
+                    link = Some((port, ctx));
                     quiet_since = Instant::now();
+                    resync = false;
                 }
                 Err(e) => {
                     let message = format!("open {device}: {e}");
@@ -162,7 +242,29 @@ async fn run(device: String, gap: Duration, mut open: Opener, mut jobs: mpsc::Re
                 }
             }
         }
-        let Some(client) = ctx.as_mut() else { continue };
+        let Some((port, client)) = link.as_mut() else {
+            continue;
+        };
+        if resync {
+            resync = false;
+            match drain(port, gap, job.timeout).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::debug!(%device, bytes = n, "discarded a late answer before the next request")
+                }
+                Err(e) => {
+                    tracing::debug!(%device, error = %e, "closing the serial port after an I/O error");
+                    link = None;
+                    let _ = job
+                        .reply
+                        .send(Err(CallError::Failed(tokio_modbus::Error::Transport(e))));
+                    continue;
+                }
+            }
+            // Fresh framing: the old one may hold the first bytes of the late answer.
+            *client = tokio_modbus::client::rtu::attach_slave(port.clone(), Slave(job.unit));
+            quiet_since = Instant::now();
+        }
         tokio::time::sleep_until(quiet_since + gap).await;
         client.set_slave(Slave(job.unit));
         let result = match tokio::time::timeout(job.timeout, client.call(job.request)).await {
@@ -171,9 +273,13 @@ async fn run(device: String, gap: Duration, mut open: Opener, mut jobs: mpsc::Re
             Ok(Ok(answer)) => Ok(answer),
         };
         quiet_since = Instant::now();
-        if let Err(CallError::Failed(tokio_modbus::Error::Transport(e))) = &result {
-            tracing::debug!(%device, error = %e, "closing the serial port after an I/O error");
-            ctx = None;
+        match &result {
+            Err(CallError::Failed(tokio_modbus::Error::Transport(e))) => {
+                tracing::debug!(%device, error = %e, "closing the serial port after an I/O error");
+                link = None;
+            }
+            Err(CallError::TimedOut | CallError::Failed(_)) => resync = true,
+            Err(CallError::Port(_)) | Ok(_) => {}
         }
         let _ = job.reply.send(result);
     }
@@ -336,6 +442,45 @@ mod tests {
             matches!(r, Ok(Err(ExceptionCode::IllegalDataAddress))),
             "{r:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_is_discarded_not_read_as_the_next_requests() {
+        let (near, mut far) = tokio::io::duplex(256);
+        let (late_sent, late_on_line) = oneshot::channel();
+        tokio::spawn(async move {
+            let mut request = [0u8; 8];
+            // The first request is answered after the master gave up on it …
+            far.read_exact(&mut request).await.expect("first request");
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            far.write_all(&answer(1, 0xAAAA, false))
+                .await
+                .expect("late answer");
+            let _ = late_sent.send(());
+            // … the second at once, with other values.
+            far.read_exact(&mut request).await.expect("second request");
+            far.write_all(&answer(1, 0xBBBB, false))
+                .await
+                .expect("answer");
+            // Keep the line open until the master is done.
+            let _ = far.read(&mut request).await;
+        });
+        let mut near = Some(near);
+        let open: Opener = Box::new(move || {
+            near.take()
+                .map(|p| Box::new(p) as Box<dyn Port>)
+                .ok_or_else(|| io::Error::other("pipe already used"))
+        });
+        let bus = spawn("/dev/test", bus(19_200), open);
+        let read = Request::ReadHoldingRegisters(0, 1);
+        let first = bus.call(1, read.clone(), Duration::from_millis(30)).await;
+        assert!(matches!(first, Err(CallError::TimedOut)), "{first:?}");
+        late_on_line.await.expect("the late answer was written");
+        // Same unit, function and length: only draining tells the two answers apart.
+        match bus.call(1, read, Duration::from_millis(500)).await {
+            Ok(Ok(Response::ReadHoldingRegisters(w))) => assert_eq!(w, vec![0xBBBB]),
+            other => panic!("second request: {other:?}"),
+        }
     }
 
     #[tokio::test]
