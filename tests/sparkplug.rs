@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use common::line::{hold_running, BAGGER, LOADER, PREFIX};
 use common::rig::{Rig, RigOptions};
-use common::{wait_for, DaemonProcess};
+use common::{wait_for, Broker, DaemonProcess};
 use ms5_edge::sim::Override;
 use serde_json::{json, Value};
 
@@ -167,6 +167,21 @@ fn held(running: bool) -> Override {
     }
 }
 
+/// Waits for the NBIRTH, both DBIRTHs and DDATA of both devices.
+async fn wait_births_and_data(host: &Host) {
+    host.wait(
+        "NBIRTH and two DBIRTHs, then DDATA of both",
+        Duration::from_secs(30),
+        |m| {
+            of_type(m, "DBIRTH").len() >= 2
+                && [BAGGER, LOADER]
+                    .iter()
+                    .all(|d| of_type(m, "DDATA").iter().any(|v| v["device"] == *d))
+        },
+    )
+    .await;
+}
+
 /// No message the host received was refused by its decoder.
 fn assert_decoded(host: &Host) {
     for v in host.msgs() {
@@ -179,17 +194,7 @@ async fn births_carry_names_aliases_and_datatypes_and_data_carries_aliases_only(
     let rig = rig("").await;
     let host = Host::start(rig.broker.port, "unused").await;
     let _daemon = rig.spawn("daemon.log");
-    host.wait(
-        "NBIRTH and two DBIRTHs, then DDATA of both",
-        Duration::from_secs(30),
-        |m| {
-            of_type(m, "DBIRTH").len() >= 2
-                && [BAGGER, LOADER]
-                    .iter()
-                    .all(|d| of_type(m, "DDATA").iter().any(|v| v["device"] == *d))
-        },
-    )
-    .await;
+    wait_births_and_data(&host).await;
     assert_decoded(&host);
     let node = host.node();
     let nbirth = &node[0];
@@ -295,6 +300,32 @@ async fn births_carry_names_aliases_and_datatypes_and_data_carries_aliases_only(
 }
 
 /// `seq` over every message of one session: +1 each, 255 wraps to 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_broker_down_the_node_births_and_forwards_on_the_failover_broker() {
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = Broker::start(&dir_b.path().join("b")).await;
+    let mut rig = Rig::prepare(RigOptions {
+        mqtt_extra: format!("failover_urls = [\"{}\"]\nreconnect_max_s = 1\n", b.url()),
+        config_edit: Some(Box::new(move |text, _| {
+            format!(
+                "{}\n[sparkplug]\ngroup_id = \"{GROUP}\"\nedge_node_id = \"{EDGE}\"\n",
+                text.replace("poll_interval_ms = 500", "poll_interval_ms = 100")
+            )
+        })),
+        ..RigOptions::default()
+    })
+    .await;
+    // `url` is unreachable for the whole test.
+    rig.broker.stop();
+    let host = Host::start(b.port, "unused").await;
+    let _daemon = rig.spawn("daemon.log");
+    wait_births_and_data(&host).await;
+    assert_decoded(&host);
+    let node = host.node();
+    assert_eq!(node[0]["type"], "NBIRTH", "{}", node[0]);
+    assert_seq_continuous(&node);
+}
+
 fn assert_seq_continuous(node: &[Value]) -> usize {
     let mut expected: Option<i64> = None;
     let mut checked = 0;

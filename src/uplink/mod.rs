@@ -86,6 +86,8 @@ const ACK_BATCH: usize = 64;
 const ACK_DELAY: Duration = Duration::from_millis(1000);
 /// Bytes of accepted commands waiting for the core, at most.
 pub const INBOUND_BUDGET: usize = 1024 * 1024;
+/// The reply to a command refused because the queue to the core or its byte budget is full.
+pub const BUSY: &str = "gateway busy: command queue full, try again";
 
 /// A message published outside the outbox: QoS 0 telemetry, command replies.
 #[derive(Debug, Clone)]
@@ -108,6 +110,17 @@ pub struct InboundCommand {
 }
 
 impl InboundCommand {
+    /// A command that holds its bytes from `budget` until the core is done with it; `None`
+    /// when the budget ([`INBOUND_BUDGET`]) has no room for them.
+    pub fn within(budget: &Arc<AtomicUsize>, path: String, payload: Vec<u8>) -> Option<Self> {
+        let permit = BudgetPermit::take(budget, path.len() + payload.len())?;
+        Some(InboundCommand {
+            path,
+            payload,
+            _budget: permit,
+        })
+    }
+
     /// A command outside any byte budget (tests, benches).
     pub fn unbudgeted(path: String, payload: Vec<u8>) -> Self {
         InboundCommand {
@@ -881,35 +894,15 @@ impl Session<'_> {
         let refusal = match verdict {
             guard::Verdict::Ignore => None,
             guard::Verdict::Accept { path } => {
-                match BudgetPermit::take(self.budget, path.len() + p.payload.len()) {
-                    None => {
-                        let request_id = guard::request_id_of(&p.payload);
-                        // Never applied: the same signed bytes may be sent again.
-                        self.guard.forget(request_id.as_str().unwrap_or_default());
-                        Some((
-                            request_id,
-                            "gateway busy: command queue full, try again".to_string(),
-                        ))
-                    }
-                    Some(permit) => {
-                        let cmd = InboundCommand {
-                            path,
-                            payload: p.payload.to_vec(),
-                            _budget: permit,
-                        };
-                        match ch.commands.try_send(cmd) {
-                            Ok(()) => None,
-                            Err(_) => {
-                                let request_id = guard::request_id_of(&p.payload);
-                                // Never applied: the same signed bytes may be sent again.
-                                self.guard.forget(request_id.as_str().unwrap_or_default());
-                                Some((
-                                    request_id,
-                                    "gateway busy: command queue full, try again".to_string(),
-                                ))
-                            }
-                        }
-                    }
+                let queued = InboundCommand::within(self.budget, path, p.payload.to_vec())
+                    .is_some_and(|cmd| ch.commands.try_send(cmd).is_ok());
+                if queued {
+                    None
+                } else {
+                    let request_id = guard::request_id_of(&p.payload);
+                    // Never applied: the same signed bytes may be sent again.
+                    self.guard.forget(request_id.as_str().unwrap_or_default());
+                    Some((request_id, BUSY.to_string()))
                 }
             }
             guard::Verdict::Reject { request_id, error } => Some((request_id, error)),

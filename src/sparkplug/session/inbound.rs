@@ -64,17 +64,17 @@ impl Session<'_> {
             let refusal = match verdict {
                 guard::Verdict::Ignore => None,
                 guard::Verdict::Accept { path } => {
-                    let cmd = InboundCommand::unbudgeted(path, p.payload.to_vec());
-                    match ch.commands.as_ref().map(|c| c.try_send(cmd)) {
-                        Some(Ok(())) => None,
-                        _ => {
-                            let request_id = guard::request_id_of(&p.payload);
-                            g.forget(request_id.as_str().unwrap_or_default());
-                            Some((
-                                request_id,
-                                "gateway busy: command queue full, try again".to_string(),
-                            ))
-                        }
+                    // The same byte budget as the CloudEvents uplink's: a flood of accepted
+                    // commands waits in at most INBOUND_BUDGET bytes, then gets "busy".
+                    let queued = InboundCommand::within(&self.budget, path, p.payload.to_vec())
+                        .zip(ch.commands.as_ref())
+                        .is_some_and(|(cmd, c)| c.try_send(cmd).is_ok());
+                    if queued {
+                        None
+                    } else {
+                        let request_id = guard::request_id_of(&p.payload);
+                        g.forget(request_id.as_str().unwrap_or_default());
+                        Some((request_id, crate::uplink::BUSY.to_string()))
                     }
                 }
                 guard::Verdict::Reject { request_id, error } => Some((request_id, error)),

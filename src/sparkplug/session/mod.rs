@@ -34,7 +34,7 @@ mod births;
 mod inbound;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -135,7 +135,15 @@ pub async fn run(
     let gauge = &stats.sparkplug;
     gauge.host_online.store(-1, Ordering::Relaxed);
     let mut last_error: Option<String> = None;
+    // `url` then `failover_urls` (SPEC §7 "Failover"): a broker this session cannot reach is
+    // left for the next one at once; the backoff waits only after a whole round.
+    let brokers = settings.mqtt.brokers();
+    let mut current = 0usize;
+    // Bytes of accepted commands waiting for the core (`cloudevents = false`); it outlives a
+    // connection, as the commands do.
+    let budget = Arc::new(AtomicUsize::new(0));
     loop {
+        let broker = &brokers[current % brokers.len()];
         let bd_seq = match with_reader(&reader, |r| r.next_bd_seq()).await {
             Ok(n) => n,
             Err(e) => {
@@ -147,8 +155,16 @@ pub async fn run(
             }
         };
         gauge.bd_seq.store(u64::from(bd_seq), Ordering::Relaxed);
-        let (end, connected_for) =
-            session(&settings, bd_seq, &reader, &mut ch, &stats, guard.as_mut()).await;
+        let (end, connected_for) = session(
+            &settings,
+            broker,
+            bd_seq,
+            &reader,
+            &mut ch,
+            &stats,
+            (guard.as_mut(), &budget),
+        )
+        .await;
         gauge.connected.store(false, Ordering::Relaxed);
         save_state(&reader, &stats);
         if connected_for.is_some() {
@@ -164,9 +180,16 @@ pub async fn run(
             End::Failed(e) => {
                 let message = e.to_string();
                 if last_error.as_deref() != Some(message.as_str()) {
-                    tracing::warn!(error = %message, "sparkplug: MQTT connection lost or refused; DDATA waits in the outbox");
+                    tracing::warn!(broker = %broker.authority(), error = %message, "sparkplug: MQTT connection lost or refused; DDATA waits in the outbox");
                     last_error = Some(message);
                 }
+            }
+        }
+        if connected_for.is_none() && brokers.len() > 1 {
+            current = (current + 1) % brokers.len();
+            tracing::info!(broker = %brokers[current].authority(), "sparkplug: trying the next broker");
+            if current != 0 {
+                continue;
             }
         }
         let delay = backoff.next(connected_for, |lo, hi| fastrand::u64(lo..hi));
@@ -257,6 +280,8 @@ struct Session<'a> {
     reader: &'a Arc<Mutex<SpbReader>>,
     stats: &'a Registry,
     guard: Option<&'a mut guard::CommandGuard>,
+    /// The command byte budget ([`crate::uplink::INBOUND_BUDGET`]).
+    budget: Arc<AtomicUsize>,
     client: Client,
     topics: Topics,
     bd_seq: u8,
@@ -286,14 +311,14 @@ struct Session<'a> {
 
 async fn session(
     settings: &SpbSettings,
+    broker: &MqttUrl,
     bd_seq: u8,
     reader: &Arc<Mutex<SpbReader>>,
     ch: &mut SpbChannels,
     stats: &Registry,
-    guard: Option<&mut guard::CommandGuard>,
+    (guard, budget): (Option<&mut guard::CommandGuard>, &Arc<AtomicUsize>),
 ) -> (End, Option<Duration>) {
     let m = &settings.mqtt;
-    let broker: &MqttUrl = &m.url;
     let password = match &m.password_file {
         Some(p) => match crate::uplink::tls::read_secret(p) {
             Ok(s) => Some(s),
@@ -328,6 +353,7 @@ async fn session(
         reader,
         stats,
         guard,
+        budget: budget.clone(),
         client,
         topics,
         bd_seq,
