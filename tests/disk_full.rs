@@ -61,6 +61,17 @@ async fn a_full_database_never_stops_polling_and_its_events_are_delivered_when_s
         daemon.child.try_wait().unwrap().is_none(),
         "the daemon is still running"
     );
+    // `status` agrees: the heartbeat alone still fits while the queue waits in memory.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_ms5-edge"))
+        .args(["status", "-c"])
+        .arg(&rig.config_path)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "status calls the daemon running while the disk is full:\n{}",
+        String::from_utf8_lossy(&status.stdout)
+    );
 
     // Space returns: the broker is back, acknowledged rows free their pages.
     rig.broker.restart().await;

@@ -833,6 +833,18 @@ impl Store {
     pub fn heartbeat_ms(&self) -> Result<Option<i64>, StoreError> {
         read_heartbeat(&self.conn)
     }
+
+    /// Writes the heartbeat alone, in place, without an fsync of its own (`synchronous =
+    /// NORMAL`, as a heartbeat-only batch): the proof of life `status` reads while the
+    /// database refuses the queue. A full disk usually still takes an update in place of the
+    /// one `meta` row, so a daemon polling on through a full disk is not reported dead.
+    pub fn touch_heartbeat(&mut self, now_ms: i64) -> Result<(), StoreError> {
+        self.set_sync_full(false)?;
+        self.conn
+            .prepare_cached("UPDATE meta SET value = ?1 WHERE key = 'heartbeat_ms'")?
+            .execute(params![now_ms.to_string()])?;
+        Ok(())
+    }
 }
 
 /// A drop episode ends once the outbox is back under 90 % of the limit: right after a drop it

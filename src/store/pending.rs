@@ -181,6 +181,10 @@ impl Store {
             }
             let lost = shed(&mut queue.events, PENDING_CAP);
             self.note_losses(lost);
+            // Still polling: say so where `status` looks, if the database takes that much.
+            if let Err(e) = self.touch_heartbeat(book.heartbeat_ms) {
+                tracing::debug!(error = %e, "the heartbeat alone cannot be written either");
+            }
         }
         Committed {
             max_seq,
@@ -379,7 +383,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut store = full_store(dir.path());
         let mut queue = Queue::with((0..40).map(|i| change(1_000_000 + i)).collect());
-        let done = store.commit_or_queue(&mut queue, &engine(), Bookkeeping::default());
+        let book = Bookkeeping {
+            heartbeat_ms: 7_000_000,
+            ..Bookkeeping::default()
+        };
+        let done = store.commit_or_queue(&mut queue, &engine(), book);
+        assert_eq!(
+            store.heartbeat_ms().unwrap(),
+            Some(7_000_000),
+            "the heartbeat still moves: `status` must not call a daemon that polls on dead"
+        );
         assert!(!done.batch);
         assert!(done.events.is_empty());
         assert!(queue.is_full(), "the disk-full state is entered");
