@@ -301,29 +301,65 @@ async fn births_carry_names_aliases_and_datatypes_and_data_carries_aliases_only(
 
 /// `seq` over every message of one session: +1 each, 255 wraps to 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_the_primary_broker_down_the_node_births_and_forwards_on_the_failover_broker() {
+async fn with_the_primary_broker_down_the_node_births_on_the_failover_broker_then_returns() {
     let dir_b = tempfile::tempdir().unwrap();
     let b = Broker::start(&dir_b.path().join("b")).await;
     let mut rig = Rig::prepare(RigOptions {
-        mqtt_extra: format!("failover_urls = [\"{}\"]\nreconnect_max_s = 1\n", b.url()),
+        mqtt_extra: format!(
+            "failover_urls = [\"{}\"]\nreturn_to_primary_s = 2\nreconnect_max_s = 1\n",
+            b.url()
+        ),
         config_edit: Some(Box::new(move |text, _| {
             format!(
-                "{}\n[sparkplug]\ngroup_id = \"{GROUP}\"\nedge_node_id = \"{EDGE}\"\n",
+                "{}\n[sparkplug]\ngroup_id = \"{GROUP}\"\nedge_node_id = \"{EDGE}\"\nprimary_host_id = \"scada\"\n",
                 text.replace("poll_interval_ms = 500", "poll_interval_ms = 100")
             )
         })),
         ..RigOptions::default()
     })
     .await;
-    // `url` is unreachable for the whole test.
+    // `url` (broker a) is unreachable at the start; the primary host is online on b.
     rig.broker.stop();
-    let host = Host::start(b.port, "unused").await;
+    let mut host_b = Host::start(b.port, "scada").await;
+    host_b.state(true, 1).await;
     let _daemon = rig.spawn("daemon.log");
-    wait_births_and_data(&host).await;
-    assert_decoded(&host);
-    let node = host.node();
-    assert_eq!(node[0]["type"], "NBIRTH", "{}", node[0]);
-    assert_seq_continuous(&node);
+    wait_births_and_data(&host_b).await;
+    assert_decoded(&host_b);
+    let on_b = host_b.node();
+    assert_eq!(on_b[0]["type"], "NBIRTH", "{}", on_b[0]);
+    assert_seq_continuous(&on_b);
+
+    // Broker a is back, with the host online there too: the node says goodbye on b and
+    // births again on a (the births wait for the host's STATE, so none is missed).
+    rig.broker.restart().await;
+    let mut host_a = Host::start(rig.broker.port, "scada").await;
+    host_a.state(true, 2).await;
+    host_a
+        .wait(
+            "NBIRTH and both DBIRTHs on url again",
+            Duration::from_secs(30),
+            |m| !of_type(m, "NBIRTH").is_empty() && of_type(m, "DBIRTH").len() >= 2,
+        )
+        .await;
+    assert_decoded(&host_a);
+    host_b
+        .wait(
+            "the NDEATH on the failover broker",
+            Duration::from_secs(10),
+            |m| !of_type(m, "NDEATH").is_empty(),
+        )
+        .await;
+    let death = of_type(&host_b.msgs(), "NDEATH")[0].clone();
+    let reborn = of_type(&host_a.msgs(), "NBIRTH")[0].clone();
+    assert_eq!(
+        bd_seq(&death),
+        bd_seq(&on_b[0]),
+        "NDEATH closes b's session: {death}"
+    );
+    assert!(
+        bd_seq(&reborn) > bd_seq(&on_b[0]),
+        "the session on a has a newer bdSeq: {reborn}"
+    );
 }
 
 fn assert_seq_continuous(node: &[Value]) -> usize {

@@ -567,7 +567,7 @@ async fn session(
 
 /// Whether a broker accepts TCP connections (2 s at most); used to return to the primary and
 /// to cut a reconnect wait short.
-async fn probe(url: &MqttUrl) -> bool {
+pub(crate) async fn probe(url: &MqttUrl) -> bool {
     let addr = (url.host.as_str(), url.port);
     matches!(
         tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr)).await,

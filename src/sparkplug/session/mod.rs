@@ -107,6 +107,8 @@ enum End {
     Shutdown,
     /// The primary host went offline: reconnect (a new `bdSeq`) and wait for it.
     HostOffline,
+    /// On a failover broker, `url` accepts connections again: NDEATH here, then connect there.
+    ReturnToPrimary,
     Failed(SessionError),
 }
 
@@ -143,7 +145,7 @@ pub async fn run(
     // connection, as the commands do.
     let budget = Arc::new(AtomicUsize::new(0));
     loop {
-        let broker = &brokers[current % brokers.len()];
+        let broker = &brokers[current];
         let bd_seq = match with_reader(&reader, |r| r.next_bd_seq()).await {
             Ok(n) => n,
             Err(e) => {
@@ -157,7 +159,7 @@ pub async fn run(
         gauge.bd_seq.store(u64::from(bd_seq), Ordering::Relaxed);
         let (end, connected_for) = session(
             &settings,
-            broker,
+            (broker, current != 0),
             bd_seq,
             &reader,
             &mut ch,
@@ -174,6 +176,12 @@ pub async fn run(
             End::Shutdown => return,
             End::HostOffline => {
                 tracing::warn!(host = ?settings.sparkplug.primary_host_id, "sparkplug: primary host offline; NDEATH sent, reconnecting to wait for it");
+                backoff.reset();
+                continue;
+            }
+            End::ReturnToPrimary => {
+                tracing::info!(broker = %brokers[0].authority(), "sparkplug: primary broker answers again; NDEATH sent, moving back to it");
+                current = 0;
                 backoff.reset();
                 continue;
             }
@@ -311,7 +319,7 @@ struct Session<'a> {
 
 async fn session(
     settings: &SpbSettings,
-    broker: &MqttUrl,
+    (broker, on_failover): (&MqttUrl, bool),
     bd_seq: u8,
     reader: &Arc<Mutex<SpbReader>>,
     ch: &mut SpbChannels,
@@ -374,6 +382,12 @@ async fn session(
         last_refusal_log: None,
     };
     let mut connected_at: Option<Instant> = None;
+    // On a failover broker, `url` is probed every `return_to_primary_s` (SPEC §7 "Failover"):
+    // the move back happens only once it answers, so the node is never without a broker.
+    let primary_every = (on_failover && m.return_to_primary_s > 0)
+        .then(|| Duration::from_secs(m.return_to_primary_s));
+    let mut probe_at = primary_every.map(|d| Instant::now() + d);
+    let far = Duration::from_secs(86_400);
     let mut node_timer = tokio::time::interval_at(Instant::now() + NODE_EVERY, NODE_EVERY);
     node_timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let end = loop {
@@ -406,6 +420,13 @@ async fn session(
                 if let Err(e) = s.node_data().await {
                     break End::Failed(e);
                 }
+            }
+            _ = tokio::time::sleep_until(probe_at.unwrap_or_else(|| Instant::now() + far)), if probe_at.is_some() && s.connected => {
+                if crate::uplink::probe(&m.url).await {
+                    s.goodbye(&mut wire, &[]).await;
+                    break End::ReturnToPrimary;
+                }
+                probe_at = primary_every.map(|d| Instant::now() + d);
             }
             _ = ch.shutdown.changed() => {
                 let retire = ch.retire.borrow().clone();
