@@ -173,6 +173,14 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
         "tmux new-session: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The server outlives this session (it is killed on drop): the second `top` below starts
+    // after `q` ended the first, and a server exiting with its last session refused it once.
+    let out = tmux.cmd(&["set-option", "-g", "exit-empty", "off"]);
+    assert!(
+        out.status.success(),
+        "tmux set-option: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let screen = tmux
         .wait_screen(
@@ -261,7 +269,11 @@ async fn top_shows_the_equipment_its_state_the_oee_bars_and_the_open_andon_and_q
         "top2",
         &script,
     ]);
-    assert!(out.status.success());
+    assert!(
+        out.status.success(),
+        "tmux new-session: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Signalled once it draws (before the exec a signal would hit the forked shell).
     tmux.wait_screen("top2", "the second top", Duration::from_secs(20), |s| {
         s.contains("daemon running")
