@@ -28,6 +28,10 @@
 //! - **`cloudevents = false`.** The session subscribes to `P/cmd/#` and runs the same command
 //!   gate as the CloudEvents uplink; the only other messages it publishes under `P/` are the
 //!   `P/reply` answers and the fences.
+//! - **Brokers.** `url`, then each of `failover_urls` when one cannot be reached (the backoff
+//!   waits only after a whole round); on a failover broker `url` is probed every
+//!   `return_to_primary_s`, and once it answers the session says goodbye (NDEATH) and moves
+//!   back. A primary host that goes offline is waited for on the same broker (SPEC §8).
 //! - Never publishes a value the store did not commit.
 
 mod births;
