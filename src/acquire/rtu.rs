@@ -245,32 +245,30 @@ async fn run(device: String, gap: Duration, mut open: Opener, mut jobs: mpsc::Re
         let Some((port, client)) = link.as_mut() else {
             continue;
         };
-        if resync {
-            resync = false;
-            match drain(port, gap, job.timeout).await {
-                Ok(0) => {}
-                Ok(n) => {
-                    tracing::debug!(%device, bytes = n, "discarded a late answer before the next request")
+        // After a lost exchange: drain the line, then fresh framing (the old one may hold the
+        // first bytes of the late answer). A port that fails while draining fails the job.
+        let drained = if std::mem::take(&mut resync) {
+            drain(port, gap, job.timeout).await.map(|n| {
+                if n > 0 {
+                    tracing::debug!(%device, bytes = n, "discarded a late answer before the next request");
                 }
-                Err(e) => {
-                    tracing::debug!(%device, error = %e, "closing the serial port after an I/O error");
-                    link = None;
-                    let _ = job
-                        .reply
-                        .send(Err(CallError::Failed(tokio_modbus::Error::Transport(e))));
-                    continue;
+                *client = tokio_modbus::client::rtu::attach_slave(port.clone(), Slave(job.unit));
+                quiet_since = Instant::now();
+            })
+        } else {
+            Ok(())
+        };
+        let result = match drained {
+            Err(e) => Err(CallError::Failed(tokio_modbus::Error::Transport(e))),
+            Ok(()) => {
+                tokio::time::sleep_until(quiet_since + gap).await;
+                client.set_slave(Slave(job.unit));
+                match tokio::time::timeout(job.timeout, client.call(job.request)).await {
+                    Err(_) => Err(CallError::TimedOut),
+                    Ok(Err(e)) => Err(CallError::Failed(e)),
+                    Ok(Ok(answer)) => Ok(answer),
                 }
             }
-            // Fresh framing: the old one may hold the first bytes of the late answer.
-            *client = tokio_modbus::client::rtu::attach_slave(port.clone(), Slave(job.unit));
-            quiet_since = Instant::now();
-        }
-        tokio::time::sleep_until(quiet_since + gap).await;
-        client.set_slave(Slave(job.unit));
-        let result = match tokio::time::timeout(job.timeout, client.call(job.request)).await {
-            Err(_) => Err(CallError::TimedOut),
-            Ok(Err(e)) => Err(CallError::Failed(e)),
-            Ok(Ok(answer)) => Ok(answer),
         };
         quiet_since = Instant::now();
         match &result {

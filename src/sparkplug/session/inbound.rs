@@ -66,7 +66,7 @@ impl Session<'_> {
                 guard::Verdict::Accept { path } => {
                     // The same byte budget as the CloudEvents uplink's: a flood of accepted
                     // commands waits in at most INBOUND_BUDGET bytes, then gets "busy".
-                    let queued = InboundCommand::within(&self.budget, path, p.payload.to_vec())
+                    let queued = InboundCommand::within(self.budget, path, p.payload.to_vec())
                         .zip(ch.commands.as_ref())
                         .is_some_and(|(cmd, c)| c.try_send(cmd).is_ok());
                     if queued {

@@ -163,12 +163,13 @@ pub async fn run(
         gauge.bd_seq.store(u64::from(bd_seq), Ordering::Relaxed);
         let (end, connected_for) = session(
             &settings,
-            (broker, current != 0),
+            broker,
             bd_seq,
             &reader,
             &mut ch,
             &stats,
-            (guard.as_mut(), &budget),
+            guard.as_mut(),
+            &budget,
         )
         .await;
         gauge.connected.store(false, Ordering::Relaxed);
@@ -293,7 +294,7 @@ struct Session<'a> {
     stats: &'a Registry,
     guard: Option<&'a mut guard::CommandGuard>,
     /// The command byte budget ([`crate::uplink::INBOUND_BUDGET`]).
-    budget: Arc<AtomicUsize>,
+    budget: &'a Arc<AtomicUsize>,
     client: Client,
     topics: Topics,
     bd_seq: u8,
@@ -321,14 +322,16 @@ struct Session<'a> {
     last_refusal_log: Option<Instant>,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     settings: &SpbSettings,
-    (broker, on_failover): (&MqttUrl, bool),
+    broker: &MqttUrl,
     bd_seq: u8,
     reader: &Arc<Mutex<SpbReader>>,
     ch: &mut SpbChannels,
     stats: &Registry,
-    (guard, budget): (Option<&mut guard::CommandGuard>, &Arc<AtomicUsize>),
+    guard: Option<&mut guard::CommandGuard>,
+    budget: &Arc<AtomicUsize>,
 ) -> (End, Option<Duration>) {
     let m = &settings.mqtt;
     let password = match &m.password_file {
@@ -365,7 +368,7 @@ async fn session(
         reader,
         stats,
         guard,
-        budget: budget.clone(),
+        budget,
         client,
         topics,
         bd_seq,
@@ -388,7 +391,7 @@ async fn session(
     let mut connected_at: Option<Instant> = None;
     // On a failover broker, `url` is probed every `return_to_primary_s` (SPEC §7 "Failover"):
     // the move back happens only once it answers, so the node is never without a broker.
-    let primary_every = (on_failover && m.return_to_primary_s > 0)
+    let primary_every = (broker != &m.url && m.return_to_primary_s > 0)
         .then(|| Duration::from_secs(m.return_to_primary_s));
     let mut probe_at = primary_every.map(|d| Instant::now() + d);
     let far = Duration::from_secs(86_400);
